@@ -1,0 +1,1 @@
+"""Audio frames, voice activity detection, speech to text, text to speech and tracks."""

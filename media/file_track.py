@@ -1,0 +1,68 @@
+"""An outbound track that plays a decoded audio file in real time, then silence."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import time
+
+import av
+import numpy as np
+import webrtcvad
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+
+from media.frames import SAMPLES_PER_FRAME, WEBRTC_RATE_HZ, samples_to_frame
+from media.tracks import FRAME_S
+
+
+class FileAudioTrack(MediaStreamTrack):
+    kind = "audio"
+
+    def __init__(self, samples: np.ndarray, speech_end_s: float) -> None:
+        super().__init__()
+        self._samples = np.ascontiguousarray(samples, dtype=np.int16)
+        self._speech_end_sample = int(speech_end_s * WEBRTC_RATE_HZ)
+        self._frame_index = 0
+        self._start: float | None = None
+        self._time_base = fractions.Fraction(1, WEBRTC_RATE_HZ)
+        # Monotonic time at which the frame holding the end of speech was handed to aiortc.
+        self.speech_end_sent_at: float | None = None
+        self.finished = asyncio.Event()
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        due = self._start + self._frame_index * FRAME_S
+        if due > now:
+            await asyncio.sleep(due - now)
+
+        begin = self._frame_index * SAMPLES_PER_FRAME
+        end = begin + SAMPLES_PER_FRAME
+        samples = np.zeros(SAMPLES_PER_FRAME, dtype=np.int16)
+        available = self._samples[begin:end]
+        samples[: len(available)] = available
+        if self.speech_end_sent_at is None and end >= self._speech_end_sample:
+            self.speech_end_sent_at = time.monotonic()
+        if end >= len(self._samples):
+            self.finished.set()
+
+        frame = samples_to_frame(samples, WEBRTC_RATE_HZ, pts=begin)
+        frame.time_base = self._time_base
+        self._frame_index += 1
+        return frame
+
+
+def find_speech_end_s(samples_16k: np.ndarray, aggressiveness: int = 2) -> float:
+    """Return the end of the last voiced 30 ms frame, or 0.0 when nothing is voiced."""
+    vad = webrtcvad.Vad(aggressiveness)
+    frame_len = 480
+    end_s = 0.0
+    for start in range(0, len(samples_16k) - frame_len + 1, frame_len):
+        frame = samples_16k[start : start + frame_len]
+        if vad.is_speech(frame.tobytes(), 16000):
+            end_s = (start + frame_len) / 16000
+    return end_s

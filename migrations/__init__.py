@@ -1,0 +1,1 @@
+"""Alembic migrations for Parley's PostgreSQL schema."""

@@ -1,0 +1,1 @@
+"""Parley's HTTP server, WebRTC signalling, call sessions and reply pipeline."""

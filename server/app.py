@@ -1,0 +1,99 @@
+"""The aiohttp application: routes, error bodies, and the services' lifetime."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from server.errors import ClientError, NotFoundError, ParleyError
+from server.ice import restrict_host_addresses
+from server.services import open_services
+from server.settings import Settings
+from server.signalling import SERVICES_KEY, handle_offer
+
+logger = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+SETTINGS_KEY = web.AppKey("settings", Settings)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer every failure with a JSON body that carries a stable code."""
+    try:
+        return await handler(request)
+    except ParleyError as exc:
+        return web.json_response(exc.to_json(), status=exc.http_status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = "not_found" if exc.status == 404 else "invalid_field"
+        return web.json_response({"error": exc.reason, "code": code}, status=exc.status)
+    except Exception:
+        logger.exception("%s %s failed", request.method, request.path)
+        return web.json_response(
+            {"error": "internal server error; see the server log", "code": "internal"},
+            status=500,
+        )
+
+
+async def handle_health(request: web.Request) -> web.Response:
+    services = request.app[SERVICES_KEY]
+    # Threads and tasks still named after a call show a session that did not clean up.
+    call_threads = [t for t in threading.enumerate() if t.name.startswith("call-")]
+    call_tasks = [t for t in asyncio.all_tasks() if t.get_name().startswith("call-")]
+    return web.json_response(
+        {
+            "status": "ok",
+            "calls": len(services.sessions),
+            "callThreads": len(call_threads),
+            "callTasks": len(call_tasks),
+            "llm": services.llm.name,
+            "stt": services.stt.model_name,
+            "tts": services.tts.voice_path,
+        }
+    )
+
+
+async def handle_audio(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES_KEY]
+    file_id = request.match_info["file_id"]
+    path = services.audio_files.path_for(file_id)
+    if path is None:
+        raise ClientError(f"audio id {file_id!r} is invalid: expected 32 hex characters")
+    if not await asyncio.to_thread(path.is_file):
+        raise NotFoundError(f"audio {file_id} not found")
+    return web.FileResponse(path, headers={"Content-Type": "audio/wav"})
+
+
+async def handle_index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(WEB_DIR / "index.html")
+
+
+async def services_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS_KEY]
+    restrict_host_addresses(settings.media_addresses)
+    services = await open_services(settings)
+    app[SERVICES_KEY] = services
+    logger.info("Parley ready on http://%s:%d", settings.host, settings.port)
+    yield
+    await services.close()
+
+
+def build_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[json_errors], client_max_size=settings.max_offer_bytes)
+    app[SETTINGS_KEY] = settings
+    app.cleanup_ctx.append(services_context)
+    app.router.add_get("/healthz", handle_health)
+    app.router.add_post("/api/rtc/offer", handle_offer)
+    app.router.add_get("/api/audio/{file_id}", handle_audio)
+    app.router.add_get("/", handle_index)
+    app.router.add_static("/web/", WEB_DIR)
+    return app

@@ -1,0 +1,57 @@
+"""Errors with the stable codes clients see in `conversation:error` and HTTP bodies.
+
+ClientError is the caller's mistake (bad input); ServiceError is a failure on our side or
+in a model. Both carry a code from ERROR_CODES.
+"""
+
+from __future__ import annotations
+
+ERROR_CODES = (
+    "bad_json",
+    "unknown_event",
+    "invalid_field",
+    "invalid_sdp",
+    "not_found",
+    "forbidden",
+    "conversation_closed",
+    "too_large",
+    "rate_limited",
+    "llm_unavailable",
+    "stt_failed",
+    "tts_failed",
+    "internal",
+)
+
+
+class ParleyError(Exception):
+    code = "internal"
+    http_status = 500
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            if code not in ERROR_CODES:
+                raise ValueError(f"unknown error code {code!r}")
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+    def to_json(self) -> dict[str, str]:
+        return {"error": self.message, "code": self.code}
+
+
+class ClientError(ParleyError):
+    code = "invalid_field"
+    http_status = 400
+
+
+class NotFoundError(ClientError):
+    code = "not_found"
+    http_status = 404
+
+
+class ServiceError(ParleyError):
+    code = "internal"
+    http_status = 503

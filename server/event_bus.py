@@ -1,0 +1,65 @@
+"""Backend event bus: stores each conversation event, then sends it to every subscriber.
+
+An event reaches subscribers as `{"type", "seq", "data"}`, where `seq` is its number in the
+conversation's event log, so a client that reconnects can ask for what it missed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+
+from storage.events import append_event
+
+logger = logging.getLogger(__name__)
+
+Subscriber = Callable[[str], None]
+
+
+class EventBus:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._subscribers: dict[uuid.UUID, list[Subscriber]] = {}
+
+    def subscribe(self, conversation_id: uuid.UUID, subscriber: Subscriber) -> Callable[[], None]:
+        """Add a subscriber; return the function that removes it."""
+        self._subscribers.setdefault(conversation_id, []).append(subscriber)
+
+        def unsubscribe() -> None:
+            subscribers = self._subscribers.get(conversation_id, [])
+            if subscriber in subscribers:
+                subscribers.remove(subscriber)
+            if not subscribers:
+                self._subscribers.pop(conversation_id, None)
+
+        return unsubscribe
+
+    async def publish(
+        self, conversation_id: uuid.UUID, event_type: str, data: dict[str, Any]
+    ) -> int:
+        """Store the event in the log, then send it; return its seq."""
+        data = {"conversationId": str(conversation_id), **data}
+        seq = await append_event(self._pool, conversation_id, event_type, data)
+        message = json.dumps({"type": event_type, "seq": seq, "data": data})
+        for subscriber in list(self._subscribers.get(conversation_id, [])):
+            try:
+                subscriber(message)
+            except Exception:
+                # One broken connection must not keep the event from the others.
+                logger.exception(
+                    "sending %s to a subscriber of %s failed", event_type, conversation_id
+                )
+        return seq
+
+    async def publish_error(
+        self, conversation_id: uuid.UUID, code: str, message: str, **extra: Any
+    ) -> int:
+        logger.warning("conversation %s: %s: %s", conversation_id, code, message)
+        return await self.publish(
+            conversation_id, "conversation:error", {"code": code, "error": message, **extra}
+        )

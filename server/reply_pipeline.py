@@ -1,0 +1,289 @@
+"""One assistant reply: stream the model, cut chunks, store them, speak them in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from media.frames import WEBRTC_RATE_HZ, resample_samples
+from media.tracks import QueuedSpeech, ReplyAudioTrack
+from media.tts import SynthesisError
+from server.chunking import ReplyChunk, ReplyChunker
+from server.llm.base import ChatMessage, GenerationOptions, LLMUnavailableError
+from server.prompts import tutor_system_prompt
+from server.services import Services
+from storage.chunks import insert_chunk, reset_unfinished_chunks, set_tts_status
+from storage.conversations import StoredMessage, finish_message, insert_message, recent_messages
+
+logger = logging.getLogger(__name__)
+
+SENTENCE_ENDINGS = (".", "!", "?", "…")
+
+
+@dataclass
+class TurnClock:
+    """Monotonic timestamps of one turn's stages, reported in milliseconds."""
+
+    marks: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, name: str, at: float | None = None) -> None:
+        self.marks.setdefault(name, time.monotonic() if at is None else at)
+
+    def span_ms(self, start: str, end: str) -> float | None:
+        if start not in self.marks or end not in self.marks:
+            return None
+        return round((self.marks[end] - self.marks[start]) * 1000, 1)
+
+    def report(self) -> dict[str, float | None]:
+        return {
+            "endOfTurnWait": self.span_ms("speech_end", "turn_detected"),
+            "stt": self.span_ms("turn_detected", "stt_done"),
+            "llmFirstToken": self.span_ms("llm_start", "llm_first_token"),
+            "firstChunkReady": self.span_ms("llm_start", "first_chunk_ready"),
+            "ttsFirstAudio": self.span_ms("first_chunk_ready", "tts_first_audio"),
+            "firstAudioSent": self.span_ms("speech_end", "first_audio_sent"),
+        }
+
+
+@dataclass
+class ChunkState:
+    chunk: ReplyChunk
+    chunk_id: uuid.UUID
+    status: str = "pending"
+
+
+class ReplyPipeline:
+    def __init__(
+        self,
+        services: Services,
+        conversation_id: uuid.UUID,
+        level: str,
+        *,
+        track: ReplyAudioTrack | None,
+        clock: TurnClock,
+    ) -> None:
+        self._services = services
+        self._conversation_id = conversation_id
+        self._level = level
+        self._track = track
+        self._clock = clock
+        self._message: StoredMessage | None = None
+        self._chunks: list[ChunkState] = []
+        # Bounded: the model waits when synthesis falls more than eight chunks behind.
+        self._tts_queue: asyncio.Queue[ChunkState | None] = asyncio.Queue(maxsize=8)
+        self._first_audio_sent = asyncio.Event()
+
+    async def run(self) -> None:
+        """Generate and speak the reply to the newest messages of the conversation."""
+        services = self._services
+        history = await recent_messages(
+            services.pool, self._conversation_id, services.settings.llm_history_messages
+        )
+        messages = [ChatMessage("system", tutor_system_prompt(self._level))]
+        messages += [ChatMessage(row["role"], row["content"]) for row in history]
+
+        speaker = asyncio.create_task(self._speak_chunks(), name="reply-tts")
+        status = "completed"
+        try:
+            status = await self._generate(messages)
+            await self._tts_queue.put(None)
+            await speaker
+        except asyncio.CancelledError:
+            speaker.cancel()
+            await asyncio.gather(speaker, return_exceptions=True)
+            await self._store_outcome("interrupted")
+            raise
+        await self._store_outcome(status)
+
+    async def _generate(self, messages: list[ChatMessage]) -> str:
+        """Stream the model into chunks; return the reply's status."""
+        settings = self._services.settings
+        options = GenerationOptions(
+            max_tokens=settings.llm_max_reply_tokens, temperature=settings.llm_temperature
+        )
+        chunker = ReplyChunker()
+        sentences = 0
+        self._clock.mark("llm_start")
+        stream = self._services.llm.stream_chat(messages, options)
+        try:
+            # aclosing: leaving the loop early closes the stream, which stops the model.
+            async with contextlib.aclosing(stream):
+                async for text in stream:
+                    self._clock.mark("llm_first_token")
+                    for chunk in chunker.feed(text):
+                        await self._add_chunk(chunk)
+                        sentences += chunk.text.endswith(SENTENCE_ENDINGS)
+                    if sentences >= settings.llm_max_reply_sentences:
+                        break
+                else:
+                    for chunk in chunker.finish():
+                        await self._add_chunk(chunk)
+        except LLMUnavailableError as exc:
+            await self._services.bus.publish_error(
+                self._conversation_id, "llm_unavailable", str(exc), **self._message_ref()
+            )
+            return "failed"
+
+        if not self._chunks:
+            await self._services.bus.publish_error(
+                self._conversation_id,
+                "llm_unavailable",
+                f"{self._services.llm.name} returned no text to speak",
+            )
+            return "failed"
+        return "completed"
+
+    async def _add_chunk(self, chunk: ReplyChunk) -> None:
+        pool = self._services.pool
+        if self._message is None:
+            # The assistant message is created with its first chunk, so a model that fails
+            # before saying anything leaves no empty message behind.
+            self._message = await insert_message(
+                pool, self._conversation_id, "assistant", "", metadata={"status": "generating"}
+            )
+        chunk_id = await insert_chunk(
+            pool,
+            self._message.id,
+            chunk.index,
+            text=chunk.text,
+            emotion=chunk.emotion,
+            icon=chunk.icon,
+            pause_after_s=chunk.pause_after_s,
+            emphasis=chunk.emphasis,
+        )
+        self._clock.mark("first_chunk_ready")
+        state = ChunkState(chunk, chunk_id)
+        self._chunks.append(state)
+        await self._services.bus.publish(
+            self._conversation_id,
+            "chunk:generated",
+            {
+                "chunkId": str(chunk_id),
+                "messageId": str(self._message.id),
+                "chunkIndex": chunk.index,
+                "text": chunk.text,
+                "emotion": chunk.emotion,
+                "icon": chunk.icon,
+                "pause": chunk.pause_after_s,
+                "emphasis": chunk.emphasis,
+                "ttsStatus": "pending",
+            },
+        )
+        await self._tts_queue.put(state)
+
+    async def _speak_chunks(self) -> None:
+        while (state := await self._tts_queue.get()) is not None:
+            await self._speak(state)
+
+    async def _speak(self, state: ChunkState) -> None:
+        services = self._services
+        pool = services.pool
+        await set_tts_status(pool, state.chunk_id, "processing")
+        state.status = "processing"
+        try:
+            speech = await services.tts.synthesize(state.chunk.text)
+        except SynthesisError as exc:
+            state.status = "failed"
+            await set_tts_status(pool, state.chunk_id, "failed")
+            await services.bus.publish_error(
+                self._conversation_id,
+                "tts_failed",
+                str(exc),
+                chunkId=str(state.chunk_id),
+                **self._message_ref(),
+            )
+            return
+
+        self._clock.mark("tts_first_audio")
+        # Queue the audio before storing it: the caller hears it sooner.
+        if self._track is not None:
+            samples = await asyncio.to_thread(
+                resample_samples, speech.samples, speech.sample_rate_hz, WEBRTC_RATE_HZ
+            )
+            await self._track.enqueue(
+                QueuedSpeech(
+                    samples,
+                    state.chunk.pause_after_s,
+                    on_start=self._on_audio_start,
+                )
+            )
+        file_id, duration_s = await services.audio_files.save(speech.samples, speech.sample_rate_hz)
+        await set_tts_status(
+            pool, state.chunk_id, "completed", audio_file_id=file_id, audio_duration_s=duration_s
+        )
+        state.status = "completed"
+        await services.bus.publish(
+            self._conversation_id,
+            "chunk:audio-ready",
+            {
+                "chunkId": str(state.chunk_id),
+                "messageId": self._message_ref()["messageId"],
+                "audioFileId": file_id,
+                "audioUrl": f"/api/audio/{file_id}",
+                "duration": round(duration_s, 3),
+            },
+        )
+
+    def _on_audio_start(self, at: float) -> None:
+        self._clock.mark("first_audio_sent", at)
+        self._first_audio_sent.set()
+
+    async def _store_outcome(self, status: str) -> None:
+        if self._message is None:
+            return
+        pool = self._services.pool
+        spoken = any(state.status == "completed" for state in self._chunks)
+        if status != "interrupted" and spoken and self._track is not None:
+            # The first chunk leaves within a frame or two; wait so its time is reported.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._first_audio_sent.wait(), 1.0)
+        if status == "interrupted":
+            await reset_unfinished_chunks(pool, self._message.id)
+        content = " ".join(state.chunk.text for state in self._chunks)
+        metadata: dict[str, Any] = {
+            "status": status,
+            "model": self._services.llm.name,
+            "level": self._level,
+            "timingsMs": self._clock.report(),
+        }
+        await finish_message(pool, self._message.id, content, metadata)
+        await self._services.bus.publish(
+            self._conversation_id,
+            "message:received",
+            {
+                "messageId": str(self._message.id),
+                "role": "assistant",
+                "content": content,
+                "sequenceNumber": self._message.sequence_number,
+                "chunks": [self._chunk_json(state) for state in self._chunks],
+                "metadata": metadata,
+            },
+        )
+        logger.info(
+            "conversation %s: reply %s %s with %d chunks",
+            self._conversation_id,
+            self._message.id,
+            status,
+            len(self._chunks),
+        )
+
+    def _chunk_json(self, state: ChunkState) -> dict[str, Any]:
+        chunk = state.chunk
+        return {
+            "chunkId": str(state.chunk_id),
+            "chunkIndex": chunk.index,
+            "text": chunk.text,
+            "emotion": chunk.emotion,
+            "icon": chunk.icon,
+            "pause": chunk.pause_after_s,
+            "emphasis": chunk.emphasis,
+            "ttsStatus": "pending" if state.status == "processing" else state.status,
+        }
+
+    def _message_ref(self) -> dict[str, str]:
+        return {"messageId": str(self._message.id)} if self._message is not None else {}

@@ -1,0 +1,116 @@
+"""Server settings, read from environment variables with built-in defaults.
+
+Every setting has an environment variable; `parley serve` flags override a few of them.
+The defaults run Parley with nothing to set up: an embedded PostgreSQL, Whisper tiny.en,
+the joe piper voice and SmolLM2 through llama.cpp, all shipped by PyPI packages.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    # Storage: with database_url unset, an embedded PostgreSQL runs in data_dir/postgres.
+    data_dir: Path = field(default_factory=lambda: Path(platformdirs.user_data_dir("parley")))
+    database_url: str | None = None
+    db_pool_max_size: int = 10
+
+    # Language model: "auto" uses Ollama when it answers at ollama_host, else llama.cpp.
+    llm_backend: str = "auto"
+    ollama_host: str = "http://127.0.0.1:11434"
+    ollama_model: str = "smollm2:135m"
+    ollama_probe_timeout_s: float = 2.0
+    llm_model_path: str = ""
+    llm_context_tokens: int = 2048
+    llm_threads: int = 0
+    llm_max_reply_tokens: int = 120
+    # Generation stops after this many sentences: a spoken turn, not an essay.
+    llm_max_reply_sentences: int = 4
+    llm_temperature: float = 0.6
+    llm_history_messages: int = 12
+
+    # Speech to text: a faster-whisper model name ("small", "base.en") or a model folder.
+    stt_model: str = ""
+    stt_compute_type: str = "int8"
+    stt_threads: int = 0
+    stt_language: str = "en"
+    stt_beam_size: int = 1
+
+    # Text to speech: a piper voice .onnx path (its .onnx.json beside it).
+    tts_voice: str = ""
+    tts_length_scale: float = 1.0
+
+    # Utterance segmentation with webrtcvad.
+    vad_aggressiveness: int = 2
+    vad_frame_ms: int = 30
+    vad_onset_ms: int = 150
+    vad_preroll_ms: int = 300
+    vad_end_silence_ms: int = 600
+    vad_pause_ms: int = 210
+    vad_min_utterance_ms: int = 300
+    vad_max_utterance_s: float = 15.0
+
+    # WebRTC: no ICE servers by default, so nothing leaves the machine unless configured.
+    ice_servers: tuple[str, ...] = ()
+    media_addresses: tuple[str, ...] = ()
+    call_idle_timeout_s: float = 60.0
+    call_turn_queue_size: int = 4
+    max_offer_bytes: int = 64 * 1024
+
+    @property
+    def audio_dir(self) -> Path:
+        return self.data_dir / "audio"
+
+    @property
+    def postgres_dir(self) -> Path:
+        return self.data_dir / "postgres"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from PARLEY_* variables (plus DATABASE_URL and OLLAMA_HOST)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            name = _ENV_NAMES.get(spec.name, "PARLEY_" + spec.name.upper())
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            values[spec.name] = _convert(name, raw, spec.type)
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**values)
+
+
+# Settings that keep the names their ecosystems already use.
+_ENV_NAMES = {"database_url": "DATABASE_URL", "ollama_host": "OLLAMA_HOST"}
+
+
+def _convert(name: str, raw: str, type_name: Any) -> Any:
+    kind = str(type_name)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw).expanduser()
+        if kind.startswith("tuple"):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is invalid: expected {kind}") from exc
+    return raw

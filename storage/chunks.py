@@ -1,0 +1,75 @@
+"""Message chunks: the spoken pieces of an assistant reply and their TTS status."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+
+TTS_STATUSES = ("pending", "processing", "completed", "failed")
+
+
+async def insert_chunk(
+    pool: asyncpg.Pool,
+    message_id: uuid.UUID,
+    chunk_index: int,
+    *,
+    text: str,
+    emotion: str,
+    icon: str,
+    pause_after_s: float,
+    emphasis: bool,
+) -> uuid.UUID:
+    chunk_id: uuid.UUID = await pool.fetchval(
+        """
+        INSERT INTO message_chunks
+            (message_id, chunk_index, text, emotion, icon, pause_after, emphasis)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        RETURNING id
+        """,
+        message_id,
+        chunk_index,
+        text,
+        emotion,
+        icon,
+        pause_after_s,
+        emphasis,
+    )
+    return chunk_id
+
+
+async def set_tts_status(
+    pool: asyncpg.Pool,
+    chunk_id: uuid.UUID,
+    status: str,
+    *,
+    audio_file_id: str | None = None,
+    audio_duration_s: float | None = None,
+) -> None:
+    if status not in TTS_STATUSES:
+        raise ValueError(f"invalid tts_status {status!r}: expected one of {TTS_STATUSES}")
+    await pool.execute(
+        """
+        UPDATE message_chunks
+        SET tts_status = $2,
+            audio_file_id = coalesce($3, audio_file_id),
+            audio_duration = coalesce($4, audio_duration)
+        WHERE id = $1
+        """,
+        chunk_id,
+        status,
+        audio_file_id,
+        audio_duration_s,
+    )
+
+
+async def reset_unfinished_chunks(pool: asyncpg.Pool, message_id: uuid.UUID) -> int:
+    """Put chunks whose synthesis was abandoned mid-way back to `pending`; return how many."""
+    result: str = await pool.execute(
+        """
+        UPDATE message_chunks SET tts_status = 'pending'
+        WHERE message_id = $1 AND tts_status = 'processing'
+        """,
+        message_id,
+    )
+    return int(result.split()[-1])

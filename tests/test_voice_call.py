@@ -1,0 +1,197 @@
+"""End to end: real calls from the test caller to `parley serve` on the embedded models."""
+
+from __future__ import annotations
+
+import re
+import uuid
+import wave
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+
+from media.frames import read_audio_file
+from server.caller import AUDIBLE_PEAK, CallResult, place_call
+from tests.conftest import RunningServer, speech_file, start_server, stop_server
+
+JFK = "jfk_inaugural_1961_male_en.wav"
+
+
+def normalise(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z ]", " ", text.lower()).split())
+
+
+def event_types(result: CallResult) -> list[str]:
+    return [event["type"] for event in result.events]
+
+
+def events_of(result: CallResult, event_type: str) -> list[dict[str, Any]]:
+    return [event["data"] for event in result.events if event["type"] == event_type]
+
+
+@pytest.fixture(scope="module")
+async def jfk_call(embedded_server: RunningServer) -> CallResult:
+    return await place_call(embedded_server.url, str(speech_file(JFK)))
+
+
+async def test_jfk_transcript_reaches_caller(jfk_call: CallResult) -> None:
+    assert "ask not what your country can do for you" in normalise(jfk_call.user_transcript)
+
+
+async def test_jfk_reply_is_heard(jfk_call: CallResult) -> None:
+    assert jfk_call.reply_text
+    assert jfk_call.reply_audio_seconds >= 1.0
+    assert jfk_call.first_audio_ms is not None
+    assert jfk_call.first_audio_ms > 0
+
+    audio = jfk_call.reply_audio.astype(np.float64)
+    audible = np.abs(audio) > AUDIBLE_PEAK
+    assert audible.sum() > 0.2 * 48000, "less than 0.2 s of the recording is above silence"
+    rms = float(np.sqrt(np.mean(audio[audible.argmax() :] ** 2)))
+    assert rms > 300, f"reply audio RMS {rms:.0f} is near silence"
+
+
+async def test_jfk_events_arrive_in_order(jfk_call: CallResult) -> None:
+    types = event_types(jfk_call)
+    received = events_of(jfk_call, "message:received")
+    assert types[0] == "message:received"
+    assert received[0]["role"] == "user"
+    assert types[-1] == "message:received"
+    assert received[-1]["role"] == "assistant"
+    assert "conversation:error" not in types
+
+    seqs = [event["seq"] for event in jfk_call.events]
+    assert seqs == list(range(1, len(seqs) + 1)), "events are missing or out of order"
+
+    generated = [data["chunkId"] for data in events_of(jfk_call, "chunk:generated")]
+    ready = [data["chunkId"] for data in events_of(jfk_call, "chunk:audio-ready")]
+    assert generated
+    assert ready == generated, "every chunk gets its audio, in chunk order"
+    for chunk_id in generated:
+        generated_at = next(i for i, e in enumerate(jfk_call.events)
+                            if e["type"] == "chunk:generated" and e["data"]["chunkId"] == chunk_id)
+        ready_at = next(i for i, e in enumerate(jfk_call.events)
+                        if e["type"] == "chunk:audio-ready" and e["data"]["chunkId"] == chunk_id)
+        assert generated_at < ready_at
+    indexes = [data["chunkIndex"] for data in events_of(jfk_call, "chunk:generated")]
+    assert indexes == list(range(len(indexes)))
+
+
+async def test_jfk_turn_is_stored(jfk_call: CallResult, embedded_server: RunningServer) -> None:
+    pool = await embedded_server.db()
+    messages = await pool.fetch(
+        "SELECT * FROM messages WHERE conversation_id = $1 ORDER BY sequence_number",
+        uuid.UUID(jfk_call.conversation_id),
+    )
+    assert [row["role"] for row in messages] == ["user", "assistant"]
+    assert [row["sequence_number"] for row in messages] == [1, 2]
+
+    user, assistant = messages
+    user_event = events_of(jfk_call, "message:received")[0]
+    assert user["content"] == user_event["content"] == jfk_call.user_transcript
+    assert user["stt_transcript"] == user["content"]
+    assert user["audio_file_id"]
+    assert 10.0 <= float(user["audio_duration"]) <= 11.5
+    assert assistant["content"] == jfk_call.reply_text
+    assert assistant["metadata"]["status"] == "completed"
+
+    chunks = await pool.fetch(
+        "SELECT * FROM message_chunks WHERE message_id = $1 ORDER BY chunk_index", assistant["id"]
+    )
+    generated = events_of(jfk_call, "chunk:generated")
+    assert [str(row["id"]) for row in chunks] == [data["chunkId"] for data in generated]
+    assert " ".join(row["text"] for row in chunks) == assistant["content"]
+    for row in chunks:
+        assert row["tts_status"] == "completed"
+        assert row["audio_file_id"]
+        assert float(row["audio_duration"]) > 0
+        assert row["emotion"] in ("happy", "encouraging", "neutral", "excited", "calm",
+                                  "curious", "supportive")
+        assert row["icon"]
+
+    stored_events = await pool.fetchval(
+        "SELECT count(*) FROM conversation_events WHERE conversation_id = $1",
+        assistant["conversation_id"],
+    )
+    assert stored_events == len(jfk_call.events)
+
+
+async def test_stored_audio_is_served(
+    jfk_call: CallResult, embedded_server: RunningServer, tmp_path: Path
+) -> None:
+    ready = events_of(jfk_call, "chunk:audio-ready")[0]
+    user = events_of(jfk_call, "message:received")[0]
+    async with aiohttp.ClientSession() as http:
+        for url, expected_s in ((ready["audioUrl"], ready["duration"]),
+                                (user["audioUrl"], user["audioDuration"])):
+            async with http.get(embedded_server.url + url) as response:
+                assert response.status == 200
+                body = await response.read()
+            path = tmp_path / "served.wav"
+            path.write_bytes(body)
+            with wave.open(str(path)) as wav:
+                seconds = wav.getnframes() / wav.getframerate()
+            assert abs(seconds - expected_s) < 0.01
+
+        async with http.get(embedded_server.url + "/api/audio/" + "0" * 32) as response:
+            assert response.status == 404
+            assert (await response.json())["code"] == "not_found"
+        async with http.get(embedded_server.url + "/api/audio/..%2Fetc") as response:
+            assert response.status in (400, 404)
+            assert (await response.json())["code"] in ("invalid_field", "not_found")
+
+
+async def test_call_session_is_cleaned_up(
+    jfk_call: CallResult, embedded_server: RunningServer
+) -> None:
+    health = await embedded_server.wait_for_idle()
+    assert health["calls"] == 0
+    assert health["callThreads"] == 0
+    assert health["callTasks"] == 0
+
+
+async def test_silence_makes_no_turn(embedded_server: RunningServer) -> None:
+    result = await place_call(embedded_server.url, str(speech_file(
+        "generated_silence_10s_16k.wav")))
+    assert result.events == []
+    pool = await embedded_server.db()
+    count = await pool.fetchval(
+        "SELECT count(*) FROM messages WHERE conversation_id = $1",
+        uuid.UUID(result.conversation_id),
+    )
+    assert count == 0
+
+
+async def test_noise_makes_no_turn(embedded_server: RunningServer, tmp_path: Path) -> None:
+    noise = read_audio_file(str(speech_file("speechcommands_doing_the_dishes_noise.wav")), 16000)
+    excerpt = tmp_path / "noise.wav"
+    with wave.open(str(excerpt), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(16000)
+        wav.writeframes(noise[: 12 * 16000].tobytes())
+
+    result = await place_call(embedded_server.url, str(excerpt))
+    assert "message:received" not in event_types(result)
+    assert (await embedded_server.health())["status"] == "ok"
+
+
+async def test_monologue_is_cut_and_every_part_answered(
+    tmp_path: Path, postgres_admin_dsn: str
+) -> None:
+    server = await start_server(tmp_path, postgres_admin_dsn, PARLEY_VAD_MAX_UTTERANCE_S="4")
+    try:
+        result = await place_call(server.url, str(speech_file(JFK)))
+    finally:
+        await stop_server(server)
+
+    received = events_of(result, "message:received")
+    user_turns = [data for data in received if data["role"] == "user"]
+    replies = [data for data in received if data["role"] == "assistant"]
+    assert len(user_turns) >= 3, "11 s of speech with a 4 s maximum makes at least 3 turns"
+    assert len(replies) == len(user_turns)
+    words = normalise(result.user_transcript)
+    for phrase in ("fellow americans", "ask not", "your country"):
+        assert phrase in words
