@@ -37,7 +37,7 @@ class QueuedSpeech:
 
 
 class ReplyAudioTrack(MediaStreamTrack):
-    """Plays queued speech in order; silence when there is nothing to say."""
+    """Plays queued speech in order, and silence while the queue is empty."""
 
     kind = "audio"
 

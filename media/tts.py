@@ -68,13 +68,20 @@ class TextToSpeech:
             raise SynthesisError("the piper voice is not loaded")
         started = time.perf_counter()
         try:
-            pieces = [c.audio_int16_array for c in self._voice.synthesize(text, self._config)]
+            chunks = list(self._voice.synthesize(text, self._config))
         except Exception as exc:
             raise SynthesisError(f"piper failed on {text!r}: {exc}") from exc
-        if not pieces:
-            raise SynthesisError(f"piper produced no audio for {text!r}")
-        samples = np.concatenate(pieces).astype(np.int16, copy=False)
+        # Text the voice cannot pronounce (for example Arabic digits for an English voice)
+        # phonemizes to punctuation alone, and piper then returns a short breath of noise.
+        if not any(_is_sound(phoneme) for chunk in chunks for phoneme in chunk.phonemes):
+            raise SynthesisError(f"piper has no pronunciation for {text!r}")
+        samples = np.concatenate([c.audio_int16_array for c in chunks]).astype(np.int16)
         return Speech(samples, self.sample_rate_hz, time.perf_counter() - started)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _is_sound(phoneme: str) -> bool:
+    # Stress and length marks are letters to Python but not sounds.
+    return phoneme.isalpha() and phoneme not in "ˈˌː"

@@ -47,7 +47,7 @@ class SpeechStarted:
 
 @dataclass(frozen=True)
 class SpeechPaused:
-    """Speech has paused: samples holds the utterance as it would end here."""
+    """Speech has paused: samples contains the utterance as it would end here."""
 
     samples: np.ndarray
     speech_end_s: float

@@ -26,7 +26,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer every failure with a JSON body that carries a stable code."""
+    """Return every failure as a JSON body with a stable code."""
     try:
         return await handler(request)
     except ParleyError as exc:

@@ -175,8 +175,8 @@ class CallSession:
             self._start_task(self.close(f"connection {state}"), "close")
 
     def _on_channel_message(self, message: str | bytes) -> None:
-        # The full event protocol arrives later; for now every client event is answered
-        # with an error, which also shows the channel is alive.
+        # Client events are not handled on the data channel yet: each one gets an
+        # unknown_event (or bad_json) error, which also shows the channel is alive.
         try:
             event = json.loads(message)
             event_type = event.get("type") if isinstance(event, dict) else None
@@ -266,7 +266,7 @@ class CallSession:
             utterance.speech_end_s,
             " (cut at the maximum length)" if utterance.truncated else "",
         )
-        # Waits when turns pile up faster than they are answered; the inbound track
+        # Waits when turns pile up faster than replies finish, and the inbound track
         # buffers meanwhile.
         early = None
         if self._early is not None and self._early.speech_end_s == utterance.speech_end_s:
@@ -294,7 +294,7 @@ class CallSession:
             return
         turn.clock.mark("stt_done")
         if not transcript.text:
-            logger.info("call %s: utterance held no words; no turn", self.id)
+            logger.info("call %s: utterance contained no words, so no turn", self.id)
             return
 
         file_id, duration_s = await services.audio_files.save(samples, VAD_RATE_HZ)

@@ -65,7 +65,7 @@ class ReplyChunker:
     ) -> None:
         self.min_clause_words = min_clause_words
         # The first chunk is cut after this many words even mid-sentence, because the caller
-        # hears nothing until it is synthesised; later chunks are synthesised while earlier
+        # hears nothing until it is synthesised. Later chunks are synthesised while earlier
         # ones play.
         self.first_chunk_words = first_chunk_words
         self.max_chars = max_chars

@@ -46,7 +46,9 @@ def _build_parser() -> argparse.ArgumentParser:
     call.add_argument("--json", action="store_true", help="print one JSON object")
     call.add_argument("--conversation", help="continue this conversation id")
     call.add_argument("--level", help="CEFR level of a new conversation (A1-C2)")
-    call.add_argument("--timeout", type=float, default=120.0, help="give up after seconds")
+    call.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds to wait for the reply before failing"
+    )
     call.set_defaults(run=_call)
 
     migrate = commands.add_parser("migrate", help="upgrade the database schema to head")

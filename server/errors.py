@@ -47,6 +47,11 @@ class ClientError(ParleyError):
     http_status = 400
 
 
+class PayloadTooLargeError(ClientError):
+    code = "too_large"
+    http_status = 413
+
+
 class NotFoundError(ClientError):
     code = "not_found"
     http_status = 404

@@ -17,7 +17,7 @@ import platformdirs
 
 
 class SettingsError(ValueError):
-    """An environment variable holds a value that cannot be used."""
+    """An environment variable contains a value that cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Settings:
     database_url: str | None = None
     db_pool_max_size: int = 10
 
-    # Language model: "auto" uses Ollama when it answers at ollama_host, else llama.cpp.
+    # Language model: "auto" uses Ollama when it responds at ollama_host, else llama.cpp.
     llm_backend: str = "auto"
     ollama_host: str = "http://127.0.0.1:11434"
     ollama_model: str = "smollm2:135m"

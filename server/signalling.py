@@ -11,7 +11,7 @@ from aiohttp import web
 from aiortc import RTCSessionDescription
 
 from server.call_session import CallSession
-from server.errors import ClientError, NotFoundError
+from server.errors import ClientError, NotFoundError, PayloadTooLargeError
 from server.ice import filter_remote_candidates
 from server.prompts import LEVELS
 from server.services import Services
@@ -53,10 +53,10 @@ async def handle_offer(request: web.Request) -> web.Response:
 
 async def _read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > max_bytes:
-        raise ClientError(f"request body is over {max_bytes} bytes", code="too_large")
+        raise PayloadTooLargeError(f"request body is over {max_bytes} bytes")
     raw = await request.content.read(max_bytes + 1)
     if len(raw) > max_bytes:
-        raise ClientError(f"request body is over {max_bytes} bytes", code="too_large")
+        raise PayloadTooLargeError(f"request body is over {max_bytes} bytes")
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:

@@ -1,7 +1,7 @@
 """Shared fixtures: a real PostgreSQL, real speech files, and real `parley serve` processes.
 
-PostgreSQL: PARLEY_TEST_DATABASE_URL names a server to use (each test server gets a fresh
-database in it); without it, an embedded PostgreSQL starts in a temporary folder.
+PostgreSQL: PARLEY_TEST_DATABASE_URL names a server to use, and each test server gets a
+fresh database in it. Without it, an embedded PostgreSQL starts in a temporary folder.
 Speech: PARLEY_TEST_AUDIO_DIR, by default the shared/audio folder beside the checkout.
 """
 
@@ -116,9 +116,7 @@ class RunningServer:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-async def start_server(
-    tmp_path: Path, admin_dsn: str, **env_overrides: str
-) -> RunningServer:
+async def start_server(tmp_path: Path, admin_dsn: str, **env_overrides: str) -> RunningServer:
     """Start `parley serve` on a free port with a fresh database; wait for /healthz."""
     dsn = await create_database(admin_dsn)
     port = free_port()
@@ -140,8 +138,9 @@ async def start_server(
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"parley serve exited with {process.returncode}:\n"
-                               + server.log_tail())
+            raise RuntimeError(
+                f"parley serve exited with {process.returncode}:\n" + server.log_tail()
+            )
         try:
             await server.health()
             return server
@@ -155,7 +154,10 @@ def _spawn_server(port: int, env: dict[str, str], log_path: Path) -> subprocess.
     with open(log_path, "wb") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
-            cwd=REPO_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=REPO_DIR,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
 
 

@@ -70,10 +70,16 @@ async def test_jfk_events_arrive_in_order(jfk_call: CallResult) -> None:
     assert generated
     assert ready == generated, "every chunk gets its audio, in chunk order"
     for chunk_id in generated:
-        generated_at = next(i for i, e in enumerate(jfk_call.events)
-                            if e["type"] == "chunk:generated" and e["data"]["chunkId"] == chunk_id)
-        ready_at = next(i for i, e in enumerate(jfk_call.events)
-                        if e["type"] == "chunk:audio-ready" and e["data"]["chunkId"] == chunk_id)
+        generated_at = next(
+            i
+            for i, e in enumerate(jfk_call.events)
+            if e["type"] == "chunk:generated" and e["data"]["chunkId"] == chunk_id
+        )
+        ready_at = next(
+            i
+            for i, e in enumerate(jfk_call.events)
+            if e["type"] == "chunk:audio-ready" and e["data"]["chunkId"] == chunk_id
+        )
         assert generated_at < ready_at
     indexes = [data["chunkIndex"] for data in events_of(jfk_call, "chunk:generated")]
     assert indexes == list(range(len(indexes)))
@@ -107,8 +113,15 @@ async def test_jfk_turn_is_stored(jfk_call: CallResult, embedded_server: Running
         assert row["tts_status"] == "completed"
         assert row["audio_file_id"]
         assert float(row["audio_duration"]) > 0
-        assert row["emotion"] in ("happy", "encouraging", "neutral", "excited", "calm",
-                                  "curious", "supportive")
+        assert row["emotion"] in (
+            "happy",
+            "encouraging",
+            "neutral",
+            "excited",
+            "calm",
+            "curious",
+            "supportive",
+        )
         assert row["icon"]
 
     stored_events = await pool.fetchval(
@@ -124,8 +137,10 @@ async def test_stored_audio_is_served(
     ready = events_of(jfk_call, "chunk:audio-ready")[0]
     user = events_of(jfk_call, "message:received")[0]
     async with aiohttp.ClientSession() as http:
-        for url, expected_s in ((ready["audioUrl"], ready["duration"]),
-                                (user["audioUrl"], user["audioDuration"])):
+        for url, expected_s in (
+            (ready["audioUrl"], ready["duration"]),
+            (user["audioUrl"], user["audioDuration"]),
+        ):
             async with http.get(embedded_server.url + url) as response:
                 assert response.status == 200
                 body = await response.read()
@@ -153,8 +168,9 @@ async def test_call_session_is_cleaned_up(
 
 
 async def test_silence_makes_no_turn(embedded_server: RunningServer) -> None:
-    result = await place_call(embedded_server.url, str(speech_file(
-        "generated_silence_10s_16k.wav")))
+    result = await place_call(
+        embedded_server.url, str(speech_file("generated_silence_10s_16k.wav"))
+    )
     assert result.events == []
     pool = await embedded_server.db()
     count = await pool.fetchval(

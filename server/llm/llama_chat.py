@@ -71,7 +71,7 @@ class LlamaChatModel:
         logger.info("loaded %s (context %d tokens)", self.model_path, self._context_tokens)
 
     def warm_up(self, system_prompt: str) -> None:
-        """Evaluate the system prompt once, so llama.cpp's prefix cache already holds it
+        """Evaluate the system prompt once, so llama.cpp's prefix cache already contains it
         when the first caller speaks. Blocking: run it in a thread."""
         messages = [ChatMessage("system", system_prompt), ChatMessage("user", "Hello.")]
         for _ in self._generate_blocking(messages, GenerationOptions(max_tokens=1), None):

@@ -29,7 +29,7 @@ class OllamaChatModel:
         try:
             listing = await asyncio.wait_for(self._client.list(), timeout_s)
         except (TimeoutError, httpx.HTTPError, ollama.ResponseError, ConnectionError) as exc:
-            raise LLMUnavailableError(f"no Ollama server answered at {self.host}: {exc}") from exc
+            raise LLMUnavailableError(f"no Ollama server responded at {self.host}: {exc}") from exc
         return [str(entry.model) for entry in listing.models]
 
     async def stream_chat(

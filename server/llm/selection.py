@@ -1,4 +1,4 @@
-"""Pick the language model backend at start-up: Ollama when it answers, else llama.cpp."""
+"""Pick the language model backend at start-up: Ollama when it responds, else llama.cpp."""
 
 from __future__ import annotations
 
@@ -39,7 +39,9 @@ class UnavailableChatModel:
 
 async def open_chat_model(settings: Settings) -> ChatModel:
     if settings.llm_backend not in BACKENDS:
-        raise ValueError(f"PARLEY_LLM={settings.llm_backend!r} is invalid: use one of {BACKENDS}")
+        raise ValueError(
+            f"PARLEY_LLM_BACKEND={settings.llm_backend!r} is invalid: use one of {BACKENDS}"
+        )
 
     if settings.llm_backend in ("auto", "ollama"):
         ollama_model = OllamaChatModel(settings.ollama_host, settings.ollama_model)

@@ -1,0 +1,170 @@
+"""`POST /api/rtc/offer` with bad input: clear JSON errors and no session left behind."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc.mediastreams import AudioStreamTrack
+
+from server.caller import place_call
+from tests.conftest import RunningServer, free_port, speech_file, start_server, stop_server
+
+
+@pytest.fixture(scope="module")
+async def server(
+    tmp_path_factory: pytest.TempPathFactory, postgres_admin_dsn: str
+) -> AsyncIterator[RunningServer]:
+    # No language model: these tests are about signalling, and start faster without one.
+    running = await start_server(
+        tmp_path_factory.mktemp("signalling"),
+        postgres_admin_dsn,
+        PARLEY_LLM_BACKEND="ollama",
+        OLLAMA_HOST=f"http://127.0.0.1:{free_port()}",
+        PARLEY_CALL_IDLE_TIMEOUT_S="3",
+    )
+    yield running
+    await stop_server(running)
+
+
+async def audio_offer() -> str:
+    """A real offer from aiortc that sends audio, from a peer that then goes away."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTrack(AudioStreamTrack())
+    pc.createDataChannel("events")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp: str = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+async def data_only_offer() -> str:
+    """A real offer from aiortc with a data channel and no audio."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.createDataChannel("events")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp: str = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+async def post_offer(server: RunningServer, body: Any) -> tuple[int, dict[str, Any]]:
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            server.url + "/api/rtc/offer", data=data, headers={"Content-Type": "application/json"}
+        ) as response,
+    ):
+        payload: dict[str, Any] = await response.json()
+        return response.status, payload
+
+
+BROKEN_AUDIO_SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nm=audio x RTP/AVP\r\nc=IN\r\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"{not json", 400, "bad_json"),
+        ([1, 2], 400, "bad_json"),
+        ({"type": "offer"}, 400, "invalid_field"),
+        ({"sdp": 42, "type": "offer"}, 400, "invalid_field"),
+        (
+            {"sdp": "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n", "type": "answer"},
+            400,
+            "invalid_field",
+        ),
+        ({"sdp": "hello", "type": "offer"}, 400, "invalid_sdp"),
+        ({"sdp": BROKEN_AUDIO_SDP, "type": "offer"}, 400, "invalid_sdp"),
+        ({"sdp": BROKEN_AUDIO_SDP, "type": "offer", "extra": 1}, 400, "invalid_field"),
+        ({"sdp": BROKEN_AUDIO_SDP, "type": "offer", "level": "Z9"}, 400, "invalid_field"),
+        (
+            {"sdp": BROKEN_AUDIO_SDP, "type": "offer", "conversationId": "nope"},
+            400,
+            "invalid_field",
+        ),
+        (
+            {"sdp": BROKEN_AUDIO_SDP, "type": "offer", "conversationId": str(uuid.uuid4())},
+            404,
+            "not_found",
+        ),
+        ({"sdp": "v=0\r\nm=audio " + "x" * 70000, "type": "offer"}, 413, "too_large"),
+    ],
+    ids=[
+        "not-json",
+        "json-array",
+        "missing-sdp",
+        "sdp-not-string",
+        "type-answer",
+        "not-sdp",
+        "broken-sdp",
+        "unknown-field",
+        "bad-level",
+        "bad-conversation-id",
+        "unknown-conversation",
+        "too-large",
+    ],
+)
+async def test_bad_offer_is_rejected(
+    server: RunningServer, body: Any, status: int, code: str
+) -> None:
+    got_status, payload = await post_offer(server, body)
+    assert got_status == status
+    assert payload["code"] == code
+    assert payload["error"]
+
+
+async def test_offer_without_audio_is_rejected(server: RunningServer) -> None:
+    status, payload = await post_offer(server, {"sdp": await data_only_offer(), "type": "offer"})
+    assert status == 400
+    assert payload["code"] == "invalid_sdp"
+    assert "audio" in payload["error"]
+
+
+async def test_rejected_offers_leave_no_session(server: RunningServer) -> None:
+    await post_offer(server, {"sdp": BROKEN_AUDIO_SDP, "type": "offer"})
+    health = await server.wait_for_idle()
+    assert health["calls"] == 0
+    assert health["callThreads"] == 0
+    assert health["callTasks"] == 0
+
+
+async def test_second_call_continues_conversation(server: RunningServer) -> None:
+    question = str(speech_file("librispeech_251-137823-0002_en.wav"))
+    first = await place_call(server.url, question, level="B2")
+    second = await place_call(server.url, question, conversation_id=first.conversation_id)
+    assert second.conversation_id == first.conversation_id
+
+    pool = await server.db()
+    conversation = await pool.fetchrow(
+        "SELECT level, status FROM conversations WHERE id = $1",
+        uuid.UUID(first.conversation_id),
+    )
+    numbers = await pool.fetch(
+        "SELECT sequence_number FROM messages WHERE conversation_id = $1 ORDER BY 1",
+        uuid.UUID(first.conversation_id),
+    )
+    assert conversation["level"] == "B2"
+    assert conversation["status"] == "active"
+    assert [row["sequence_number"] for row in numbers] == [1, 2]
+    second_seqs = [event["seq"] for event in second.events]
+    assert second_seqs[0] == first.events[-1]["seq"] + 1
+
+
+async def test_abandoned_call_ends_by_itself(server: RunningServer) -> None:
+    status, payload = await post_offer(server, {"sdp": await audio_offer(), "type": "offer"})
+    assert status == 200
+    assert payload["type"] == "answer"
+    assert (await server.health())["calls"] == 1
+
+    # The caller never connects: ICE failure or the 3 s idle timeout ends the session.
+    health = await server.wait_for_idle(timeout_s=40)
+    assert health["calls"] == 0
+    assert health["callThreads"] == 0
+    assert health["callTasks"] == 0
