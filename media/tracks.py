@@ -123,7 +123,7 @@ class ReplyAudioTrack(MediaStreamTrack):
             return taken
 
         if speech._silence_left < 0:
-            speech._silence_left = int(speech.pause_after_s * WEBRTC_RATE_HZ)
+            speech._silence_left = round(speech.pause_after_s * WEBRTC_RATE_HZ)
             if speech.on_end is not None:
                 speech.on_end(time.monotonic())
         taken = min(speech._silence_left, len(out))

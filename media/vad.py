@@ -79,8 +79,9 @@ class UtteranceSegmenter:
         self._frame_len = VAD_RATE_HZ * config.frame_ms // 1000
         self._pending = np.zeros(0, dtype=np.int16)
         self._frames_seen = 0
+        # The onset frames sit in the same buffer, so it is longer than the preroll by them.
         self._preroll: collections.deque[np.ndarray] = collections.deque(
-            maxlen=max(1, config.preroll_ms // config.frame_ms)
+            maxlen=max(1, (config.preroll_ms + config.onset_ms) // config.frame_ms)
         )
         self._preroll_flags: collections.deque[bool] = collections.deque(
             maxlen=self._preroll.maxlen
@@ -135,7 +136,8 @@ class UtteranceSegmenter:
             utterance = self._finish(truncated=False)
             return [utterance] if utterance is not None else []
         new_pause = self._paused_at != self._last_voiced
-        if not voiced and new_pause and silence_ms >= self.config.pause_ms:
+        has_speech = self._last_voiced >= self._speech_start_frame
+        if not voiced and new_pause and has_speech and silence_ms >= self.config.pause_ms:
             self._paused_at = self._last_voiced
             end_s = self._frame_time_s(self._last_voiced + 1)
             return [SpeechPaused(self._kept_samples(), end_s)]
@@ -179,19 +181,28 @@ class UtteranceSegmenter:
     def _kept_samples(self, speech: list[np.ndarray] | None = None) -> np.ndarray:
         """Return the speech up to the last voiced frame plus 150 ms: enough trailing
         silence for Whisper, and no more worth storing."""
-        frames = self._speech if speech is None else speech
+        frames = (self._speech if speech is None else speech) or []
         keep = self._last_voiced - self._speech_start_frame + 1 + 150 // self.config.frame_ms
-        return np.concatenate((frames or [])[:keep])
+        return np.concatenate(frames[: max(keep, 1)]) if frames else np.zeros(0, np.int16)
 
     def _cut_long_utterance(self) -> list[SegmenterEvent]:
         """Cut after the quietest frame of the second half, the likeliest gap between words,
         so the words on both sides of the cut stay whole."""
         speech = self._speech or []
-        half = len(speech) // 2
-        energies = [float(np.mean(frame.astype(np.float32) ** 2)) for frame in speech[half:]]
-        cut_at = half + int(np.argmin(energies)) + 1
-        head, tail = speech[:cut_at], speech[cut_at:]
         start_frame = self._speech_start_frame
+        last_voiced = self._last_voiced - start_frame
+        half = len(speech) // 2
+        if last_voiced < half:
+            # Speech already stopped and only the trailing pause is left: end it whole.
+            utterance = self._finish(truncated=True)
+            return [utterance] if utterance is not None else []
+
+        # Search up to the last voiced frame only, so the rest always holds speech.
+        energies = [
+            float(np.mean(frame.astype(np.float32) ** 2)) for frame in speech[half:last_voiced]
+        ]
+        cut_at = half + int(np.argmin(energies)) + 1 if energies else last_voiced
+        head, tail = speech[:cut_at], speech[cut_at:]
 
         utterance = Utterance(
             samples=np.concatenate(head),

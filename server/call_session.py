@@ -30,7 +30,6 @@ from media.stt import Transcript, TranscriptionError
 from media.tracks import ReplyAudioTrack
 from media.vad import (
     VAD_RATE_HZ,
-    SegmenterConfig,
     SegmenterEvent,
     SpeechPaused,
     Utterance,
@@ -80,18 +79,7 @@ class CallSession:
         self._media_executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"call-{self.id}"
         )
-        self._segmenter = UtteranceSegmenter(
-            SegmenterConfig(
-                aggressiveness=settings.vad_aggressiveness,
-                frame_ms=settings.vad_frame_ms,
-                onset_ms=settings.vad_onset_ms,
-                preroll_ms=settings.vad_preroll_ms,
-                end_silence_ms=settings.vad_end_silence_ms,
-                pause_ms=settings.vad_pause_ms,
-                min_utterance_ms=settings.vad_min_utterance_ms,
-                max_utterance_s=settings.vad_max_utterance_s,
-            )
-        )
+        self._segmenter = UtteranceSegmenter(services.segmenter_config)
         self._resampler = MonoResampler(VAD_RATE_HZ)
         self._unsubscribe = services.bus.subscribe(conversation_id, self._send_event)
         self._closed = asyncio.Event()

@@ -110,8 +110,10 @@ async def place_call(
 
     hang_up_when, given the events so far, can end the call early (for example mid-reply).
     """
-    speech_end_s = find_speech_end_s(read_audio_file(audio_path, 16000))
-    track = FileAudioTrack(read_audio_file(audio_path, WEBRTC_RATE_HZ), speech_end_s)
+    speech_16k = await asyncio.to_thread(read_audio_file, audio_path, 16000)
+    speech_end_s = await asyncio.to_thread(find_speech_end_s, speech_16k)
+    speech_48k = await asyncio.to_thread(read_audio_file, audio_path, WEBRTC_RATE_HZ)
+    track = FileAudioTrack(speech_48k, speech_end_s)
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     recorder = ReplyRecorder()
     events: list[dict[str, Any]] = []

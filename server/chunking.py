@@ -41,7 +41,7 @@ CLAUSE_PAUSE_S = 0.15
 PARAGRAPH_PAUSE_S = 0.4
 DEFAULT_TAG_PAUSE_S = 0.6
 MAX_PAUSE_S = 2.0
-ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "st", "e.g", "i.e", "etc", "vs", "no"}
+ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "st", "e.g", "i.e", "etc", "vs"}
 _MAX_TAG_CHARS = 24
 _SPACE_BEFORE_PUNCTUATION = re.compile(r"\s+([.,!?;:…])")
 _PAUSE_TAG = re.compile(r"^pause[\s:=]*([0-9]*\.?[0-9]+)?\s*s?$")
@@ -137,7 +137,7 @@ class ReplyChunker:
             self._cut(pause_s=CLAUSE_PAUSE_S)
         elif char == "\n" and stripped:
             self._cut(pause_s=PARAGRAPH_PAUSE_S)
-        elif self._count == 0 and len(stripped.split()) >= self.first_chunk_words:
+        elif self._count == 0 and _count_words(stripped) >= self.first_chunk_words:
             self._cut(pause_s=0.0)
         elif self._raw and not self._raw.endswith(" "):
             self._raw += " "
@@ -199,6 +199,10 @@ class ReplyChunker:
     def _ends_with_abbreviation(text: str) -> bool:
         last_word = text.rsplit(None, 1)[-1].rstrip(".").lower()
         return last_word in ABBREVIATIONS
+
+
+def _count_words(text: str) -> int:
+    return sum(1 for word in text.split() if _has_words(word))
 
 
 def _has_words(text: str) -> bool:

@@ -13,10 +13,11 @@ import asyncpg
 from media.stt import SpeechToText
 from media.stt import default_model_path as default_stt_model
 from media.tts import TextToSpeech, default_voice_path
+from media.vad import SegmenterConfig
 from server.event_bus import EventBus
 from server.llm.base import ChatModel
 from server.llm.selection import open_chat_model
-from server.settings import Settings
+from server.settings import Settings, SettingsError
 from storage.audio_files import AudioFileStore
 from storage.conversations import ensure_user
 from storage.database import Database, open_database
@@ -40,6 +41,7 @@ class Services:
     llm: ChatModel
     bus: EventBus
     local_user_id: uuid.UUID
+    segmenter_config: SegmenterConfig
     sessions: dict[str, CallSession] = field(default_factory=dict)
 
     @property
@@ -57,6 +59,8 @@ class Services:
 
 async def open_services(settings: Settings) -> Services:
     """Open the database, then load the three models side by side."""
+    # Built first, so invalid VAD settings stop the start-up instead of every call.
+    segmenter_config = segmenter_config_from(settings)
     settings.audio_dir.mkdir(parents=True, exist_ok=True)
     database = await open_database(
         settings.database_url, settings.postgres_dir, pool_max_size=settings.db_pool_max_size
@@ -90,4 +94,25 @@ async def open_services(settings: Settings) -> Services:
         llm=llm,
         bus=EventBus(database.pool),
         local_user_id=local_user_id,
+        segmenter_config=segmenter_config,
+    )
+
+
+def segmenter_config_from(settings: Settings) -> SegmenterConfig:
+    try:
+        return _segmenter_config(settings)
+    except ValueError as exc:
+        raise SettingsError(f"PARLEY_VAD_* settings are invalid: {exc}") from exc
+
+
+def _segmenter_config(settings: Settings) -> SegmenterConfig:
+    return SegmenterConfig(
+        aggressiveness=settings.vad_aggressiveness,
+        frame_ms=settings.vad_frame_ms,
+        onset_ms=settings.vad_onset_ms,
+        preroll_ms=settings.vad_preroll_ms,
+        end_silence_ms=settings.vad_end_silence_ms,
+        pause_ms=settings.vad_pause_ms,
+        min_utterance_ms=settings.vad_min_utterance_ms,
+        max_utterance_s=settings.vad_max_utterance_s,
     )

@@ -10,7 +10,7 @@ from server.llm.base import ChatMessage, ChatModel, GenerationOptions, LLMUnavai
 from server.llm.llama_chat import LlamaChatModel, default_model_path
 from server.llm.ollama_chat import OllamaChatModel
 from server.prompts import tutor_system_prompt
-from server.settings import Settings
+from server.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class UnavailableChatModel:
 
 async def open_chat_model(settings: Settings) -> ChatModel:
     if settings.llm_backend not in BACKENDS:
-        raise ValueError(
+        raise SettingsError(
             f"PARLEY_LLM_BACKEND={settings.llm_backend!r} is invalid: use one of {BACKENDS}"
         )
 

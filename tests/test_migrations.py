@@ -1,0 +1,368 @@
+"""The Alembic schema on a real PostgreSQL, and gap-free message sequence numbers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from storage.conversations import create_conversation, ensure_user, insert_message
+from storage.database import init_connection, upgrade_schema
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+ALEMBIC = REPO_DIR / ".venv" / "bin" / "alembic"
+HEAD_REVISION = "0001"
+
+TABLES = {
+    "users",
+    "conversations",
+    "messages",
+    "message_chunks",
+    "conversation_events",
+    "conversation_summaries",
+    "conversation_key_facts",
+    "conversation_templates",
+    "conversation_analytics",
+    "conversation_tags",
+    "conversation_branches",
+    "message_reactions",
+}
+
+# (constraint, table, pg_constraint.contype): "c" is CHECK, "u" is UNIQUE.
+CONSTRAINTS = {
+    ("valid_level", "conversations", "c"),
+    ("valid_level", "conversation_templates", "c"),
+    ("valid_status", "conversations", "c"),
+    ("valid_memory_strategy", "conversations", "c"),
+    ("valid_role", "messages", "c"),
+    ("unique_conversation_sequence", "messages", "u"),
+    ("valid_emotion", "message_chunks", "c"),
+    ("valid_tts_status", "message_chunks", "c"),
+    ("unique_message_chunk", "message_chunks", "u"),
+    ("valid_range", "conversation_summaries", "c"),
+    ("valid_confidence", "conversation_key_facts", "c"),
+    ("unique_conversation_metric", "conversation_analytics", "u"),
+    ("unique_conversation_tag", "conversation_tags", "u"),
+    ("unique_branch", "conversation_branches", "u"),
+    ("valid_reaction", "message_reactions", "c"),
+    ("unique_conversation_event_seq", "conversation_events", "u"),
+}
+
+SEARCH_INDEXES = {
+    "idx_messages_content_search": "messages",
+    "idx_conversations_title_search": "conversations",
+}
+
+
+async def public_tables(connection: asyncpg.Connection) -> set[str]:
+    rows = await connection.fetch(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> $1",
+        "alembic_version",
+    )
+    return {row["tablename"] for row in rows}
+
+
+async def current_revision(connection: asyncpg.Connection) -> list[str]:
+    rows = await connection.fetch("SELECT version_num FROM alembic_version")
+    return [row["version_num"] for row in rows]
+
+
+async def run_alembic(dsn: str, *arguments: str) -> tuple[int, str]:
+    """Run the real alembic command in the repository, as an operator would."""
+    env = {**os.environ, "DATABASE_URL": dsn}
+    process = await asyncio.create_subprocess_exec(
+        str(ALEMBIC),
+        *arguments,
+        cwd=REPO_DIR,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode is not None
+    return process.returncode, output.decode(errors="replace")
+
+
+@pytest.fixture
+async def schema_dsn(fresh_database: str) -> str:
+    await asyncio.to_thread(upgrade_schema, fresh_database)
+    return fresh_database
+
+
+@pytest.fixture
+async def connection(schema_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(schema_dsn)
+    await init_connection(connection)
+    yield connection
+    await connection.close()
+
+
+@pytest.fixture
+async def pool(schema_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(schema_dsn, min_size=1, max_size=20, init=init_connection)
+    yield pool
+    await pool.close()
+
+
+async def new_conversation(connection: asyncpg.Connection) -> uuid.UUID:
+    user_id = await connection.fetchval(
+        "INSERT INTO users (name) VALUES ($1) RETURNING id", f"learner-{uuid.uuid4().hex[:8]}"
+    )
+    conversation_id: uuid.UUID = await connection.fetchval(
+        "INSERT INTO conversations (user_id) VALUES ($1) RETURNING id", user_id
+    )
+    return conversation_id
+
+
+async def new_message(
+    connection: asyncpg.Connection, conversation_id: uuid.UUID, sequence_number: int
+) -> uuid.UUID:
+    message_id: uuid.UUID = await connection.fetchval(
+        """
+        INSERT INTO messages (conversation_id, role, content, sequence_number)
+        VALUES ($1, 'user', 'hello', $2) RETURNING id
+        """,
+        conversation_id,
+        sequence_number,
+    )
+    return message_id
+
+
+# -- schema contents
+
+
+async def test_upgrade_creates_every_table(connection: asyncpg.Connection) -> None:
+    assert await public_tables(connection) == TABLES
+
+
+async def test_upgrade_records_head_revision(connection: asyncpg.Connection) -> None:
+    assert await current_revision(connection) == [HEAD_REVISION]
+
+
+async def test_named_constraints_exist(connection: asyncpg.Connection) -> None:
+    rows = await connection.fetch(
+        """
+        SELECT c.conname, t.relname, c.contype::text AS contype
+        FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
+        WHERE c.conname = ANY($1::text[])
+        """,
+        sorted({name for name, _table, _kind in CONSTRAINTS}),
+    )
+    found = {(row["conname"], row["relname"], row["contype"]) for row in rows}
+
+    assert found == CONSTRAINTS
+
+
+@pytest.mark.parametrize(("index", "table"), sorted(SEARCH_INDEXES.items()))
+async def test_full_text_index_is_gin(
+    connection: asyncpg.Connection, index: str, table: str
+) -> None:
+    row = await connection.fetchrow(
+        "SELECT tablename, indexdef FROM pg_indexes WHERE indexname = $1", index
+    )
+
+    assert row is not None
+    assert row["tablename"] == table
+    assert "USING gin" in row["indexdef"]
+    assert "to_tsvector('english'" in row["indexdef"]
+
+
+# -- constraints reject bad rows
+
+
+async def test_invalid_level_is_rejected(connection: asyncpg.Connection) -> None:
+    user_id = await connection.fetchval("INSERT INTO users (name) VALUES ('ana') RETURNING id")
+
+    with pytest.raises(asyncpg.CheckViolationError) as raised:
+        await connection.execute(
+            "INSERT INTO conversations (user_id, level) VALUES ($1, 'Z9')", user_id
+        )
+
+    assert raised.value.constraint_name == "valid_level"
+
+
+async def test_invalid_status_is_rejected(connection: asyncpg.Connection) -> None:
+    conversation_id = await new_conversation(connection)
+
+    with pytest.raises(asyncpg.CheckViolationError) as raised:
+        await connection.execute(
+            "UPDATE conversations SET status = 'deleted' WHERE id = $1", conversation_id
+        )
+
+    assert raised.value.constraint_name == "valid_status"
+
+
+async def test_duplicate_message_sequence_is_rejected(connection: asyncpg.Connection) -> None:
+    conversation_id = await new_conversation(connection)
+    await new_message(connection, conversation_id, 1)
+
+    with pytest.raises(asyncpg.UniqueViolationError) as raised:
+        await new_message(connection, conversation_id, 1)
+
+    assert raised.value.constraint_name == "unique_conversation_sequence"
+
+
+async def test_invalid_role_is_rejected(connection: asyncpg.Connection) -> None:
+    conversation_id = await new_conversation(connection)
+
+    with pytest.raises(asyncpg.CheckViolationError) as raised:
+        await connection.execute(
+            """
+            INSERT INTO messages (conversation_id, role, content, sequence_number)
+            VALUES ($1, 'robot', 'hi', 1)
+            """,
+            conversation_id,
+        )
+
+    assert raised.value.constraint_name == "valid_role"
+
+
+async def test_invalid_chunk_emotion_is_rejected(connection: asyncpg.Connection) -> None:
+    message_id = await new_message(connection, await new_conversation(connection), 1)
+
+    with pytest.raises(asyncpg.CheckViolationError) as raised:
+        await connection.execute(
+            """
+            INSERT INTO message_chunks (message_id, chunk_index, text, emotion)
+            VALUES ($1, 0, 'Grr.', 'angry')
+            """,
+            message_id,
+        )
+
+    assert raised.value.constraint_name == "valid_emotion"
+
+
+async def test_duplicate_chunk_index_is_rejected(connection: asyncpg.Connection) -> None:
+    message_id = await new_message(connection, await new_conversation(connection), 1)
+    insert_chunk = """
+        INSERT INTO message_chunks (message_id, chunk_index, text, emotion)
+        VALUES ($1, 0, 'Hi.', 'happy')
+    """
+    await connection.execute(insert_chunk, message_id)
+
+    with pytest.raises(asyncpg.UniqueViolationError) as raised:
+        await connection.execute(insert_chunk, message_id)
+
+    assert raised.value.constraint_name == "unique_message_chunk"
+
+
+async def test_inverted_summary_range_is_rejected(connection: asyncpg.Connection) -> None:
+    conversation_id = await new_conversation(connection)
+
+    with pytest.raises(asyncpg.CheckViolationError) as raised:
+        await connection.execute(
+            """
+            INSERT INTO conversation_summaries
+                (conversation_id, summary_text, message_range_start, message_range_end)
+            VALUES ($1, 'summary', 10, 2)
+            """,
+            conversation_id,
+        )
+
+    assert raised.value.constraint_name == "valid_range"
+
+
+async def test_confidence_above_one_is_rejected(connection: asyncpg.Connection) -> None:
+    conversation_id = await new_conversation(connection)
+
+    with pytest.raises(asyncpg.CheckViolationError) as raised:
+        await connection.execute(
+            """
+            INSERT INTO conversation_key_facts (conversation_id, fact_type, fact_text, confidence)
+            VALUES ($1, 'name', 'Ana', 1.5)
+            """,
+            conversation_id,
+        )
+
+    assert raised.value.constraint_name == "valid_confidence"
+
+
+async def test_duplicate_event_seq_is_rejected(connection: asyncpg.Connection) -> None:
+    conversation_id = await new_conversation(connection)
+    insert_event = """
+        INSERT INTO conversation_events (conversation_id, seq, event_type, event_data)
+        VALUES ($1, 1, 'message:received', '{}'::jsonb)
+    """
+    await connection.execute(insert_event, conversation_id)
+
+    with pytest.raises(asyncpg.UniqueViolationError) as raised:
+        await connection.execute(insert_event, conversation_id)
+
+    assert raised.value.constraint_name == "unique_conversation_event_seq"
+
+
+# -- running migrations again
+
+
+async def test_second_upgrade_is_a_no_op(schema_dsn: str, connection: asyncpg.Connection) -> None:
+    conversation_id = await new_conversation(connection)
+
+    await asyncio.to_thread(upgrade_schema, schema_dsn)
+
+    assert await current_revision(connection) == [HEAD_REVISION]
+    assert await public_tables(connection) == TABLES
+    assert (
+        await connection.fetchval(
+            "SELECT count(*) FROM conversations WHERE id = $1", conversation_id
+        )
+        == 1
+    )
+
+
+async def test_alembic_downgrade_then_upgrade(
+    schema_dsn: str, connection: asyncpg.Connection
+) -> None:
+    down_code, down_output = await run_alembic(schema_dsn, "downgrade", "base")
+    tables_after_down = await public_tables(connection)
+    revision_after_down = await current_revision(connection)
+    up_code, up_output = await run_alembic(schema_dsn, "upgrade", "head")
+
+    assert down_code == 0, down_output
+    assert tables_after_down == set()
+    assert revision_after_down == []
+    assert up_code == 0, up_output
+    assert await public_tables(connection) == TABLES
+    assert await current_revision(connection) == [HEAD_REVISION]
+
+
+# -- message sequence numbers
+
+
+async def test_concurrent_inserts_get_consecutive_sequence(pool: asyncpg.Pool) -> None:
+    user_id = await ensure_user(pool, "ana")
+    conversation = await create_conversation(pool, user_id, title="Ordering coffee")
+
+    stored = await asyncio.gather(
+        *(
+            insert_message(pool, conversation["id"], "user", f"message {number}")
+            for number in range(20)
+        )
+    )
+    rows = await pool.fetch(
+        "SELECT sequence_number FROM messages WHERE conversation_id = $1 ORDER BY 1",
+        conversation["id"],
+    )
+    counter = await pool.fetchval(
+        "SELECT last_message_seq FROM conversations WHERE id = $1", conversation["id"]
+    )
+
+    assert sorted(message.sequence_number for message in stored) == list(range(1, 21))
+    assert [row["sequence_number"] for row in rows] == list(range(1, 21))
+    assert counter == 20
+
+
+async def test_ensure_user_returns_same_id(pool: asyncpg.Pool) -> None:
+    first = await ensure_user(pool, "ben")
+    second = await ensure_user(pool, "ben")
+
+    assert first == second
+
+
+async def test_insert_into_missing_conversation_raises(pool: asyncpg.Pool) -> None:
+    with pytest.raises(LookupError, match="does not exist"):
+        await insert_message(pool, uuid.uuid4(), "user", "hello")
