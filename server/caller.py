@@ -8,7 +8,7 @@ import json
 import logging
 import time
 import wave
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,10 +105,12 @@ async def place_call(
     conversation_id: str | None = None,
     level: str | None = None,
     hang_up_when: Callable[[list[dict[str, Any]]], bool] | None = None,
+    channel_messages: Sequence[str] = (),
 ) -> CallResult:
     """Call the server, speak the file in real time, and wait until the replies are done.
 
     hang_up_when, given the events so far, can end the call early (for example mid-reply).
+    channel_messages are sent on the data channel as soon as it opens.
     """
     speech_16k = await asyncio.to_thread(read_audio_file, audio_path, 16000)
     speech_end_s = await asyncio.to_thread(find_speech_end_s, speech_16k)
@@ -127,6 +129,7 @@ async def place_call(
     pc.addTrack(track)
     channel = pc.createDataChannel("events")
     channel.on("message", on_message)
+    channel.on("open", lambda: [channel.send(message) for message in channel_messages])
     pc.on("track", lambda remote: tasks.append(asyncio.create_task(recorder.run(remote))))
 
     try:

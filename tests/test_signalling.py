@@ -168,3 +168,16 @@ async def test_abandoned_call_ends_by_itself(server: RunningServer) -> None:
     assert health["calls"] == 0
     assert health["callThreads"] == 0
     assert health["callTasks"] == 0
+
+
+async def test_bad_channel_messages_get_errors(server: RunningServer) -> None:
+    question = str(speech_file("librispeech_251-137823-0002_en.wav"))
+    result = await place_call(
+        server.url, question, channel_messages=["{not json", '{"type": "nope", "data": {}}']
+    )
+
+    errors = [e["data"] for e in result.events if e["type"] == "conversation:error"]
+    codes = [error["code"] for error in errors]
+    assert codes[:2] == ["bad_json", "unknown_event"]
+    assert "nope" in errors[1]["error"]
+    assert "testing routine" in result.user_transcript.lower(), "the call went on"
