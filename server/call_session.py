@@ -7,14 +7,11 @@ import asyncio
 import collections
 import json
 import logging
-import time
 import uuid
 from collections.abc import Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import av
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
@@ -23,18 +20,11 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
-from aiortc.mediastreams import MediaStreamError
 
-from media.frames import MonoResampler
+from media.inbound import InboundAudio, InboundEnded
 from media.stt import Transcript, TranscriptionError
 from media.tracks import ReplyAudioTrack
-from media.vad import (
-    VAD_RATE_HZ,
-    SegmenterEvent,
-    SpeechPaused,
-    Utterance,
-    UtteranceSegmenter,
-)
+from media.vad import VAD_RATE_HZ, SegmenterEvent, SpeechPaused, Utterance
 from server.reply_pipeline import ReplyPipeline, TurnClock
 from server.services import Services
 from storage.conversations import insert_message
@@ -75,18 +65,13 @@ class CallSession:
             maxsize=settings.call_turn_queue_size
         )
         self._tasks: set[asyncio.Task[Any]] = set()
-        # The segmenter keeps state between frames, so one thread runs it in order.
-        self._media_executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"call-{self.id}"
+        self._inbound = InboundAudio(
+            f"call-{self.id}", services.segmenter_config, settings.call_idle_timeout_s
         )
-        self._segmenter = UtteranceSegmenter(services.segmenter_config)
-        self._resampler = MonoResampler(VAD_RATE_HZ)
         self._unsubscribe = services.bus.subscribe(conversation_id, self._send_event)
         self._closed = asyncio.Event()
         self._closing = False
         self._early: EarlyTranscription | None = None
-        self._stream_started: float | None = None
-        self._stream_samples = 0
 
     async def accept(self, offer: RTCSessionDescription) -> RTCSessionDescription:
         """Apply the caller's offer and return the answer with our candidates in it."""
@@ -118,7 +103,7 @@ class CallSession:
         await asyncio.gather(*tasks, return_exceptions=True)
         self.reply_track.stop()
         await self.pc.close()
-        self._media_executor.shutdown(wait=True, cancel_futures=True)
+        self._inbound.close()
         self._services.sessions.pop(self.id, None)
         self._closed.set()
         logger.info("call %s: closed", self.id)
@@ -145,7 +130,8 @@ class CallSession:
             logger.info("call %s: ignoring inbound %s track", self.id, track.kind)
             return
         logger.info("call %s: inbound audio track", self.id)
-        self._start_task(self._read_inbound(track), "inbound")
+        self._start_task(self._receive(track), "inbound")
+        self._start_task(self._inbound.segment(self._on_segmenter_event), "segmenter")
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
         logger.info("call %s: data channel %r", self.id, channel.label)
@@ -192,41 +178,17 @@ class CallSession:
 
     # -- inbound media
 
-    async def _read_inbound(self, track: MediaStreamTrack) -> None:
-        loop = asyncio.get_running_loop()
-        timeout_s = self._services.settings.call_idle_timeout_s
-        while True:
-            try:
-                frame = await asyncio.wait_for(track.recv(), timeout_s)
-            except MediaStreamError:
-                self._start_task(self.close("caller hung up"), "close")
-                return
-            except TimeoutError:
-                self._start_task(self.close(f"no audio for {timeout_s:.0f} s"), "close")
-                return
-            if not isinstance(frame, av.AudioFrame):
-                continue
-            events = await loop.run_in_executor(self._media_executor, self._segment, frame)
-            for event in events:
-                if isinstance(event, SpeechPaused):
-                    self._transcribe_early(event)
-                elif isinstance(event, Utterance):
-                    await self._queue_turn(event)
+    async def _receive(self, track: MediaStreamTrack) -> None:
+        try:
+            await self._inbound.receive(track)
+        except InboundEnded as exc:
+            self._start_task(self.close(str(exc)), "close")
 
-    def _segment(self, frame: av.AudioFrame) -> list[SegmenterEvent]:
-        """Resample one frame and run VAD on it. Runs on the call's media thread."""
-        samples = self._resampler.resample(frame)
-        if self._stream_started is None:
-            self._stream_started = time.monotonic()
-        self._stream_samples += len(samples)
-        return self._segmenter.push(samples)
-
-    def _stream_time_to_monotonic(self, stream_s: float) -> float:
-        """Map a position in the inbound stream to the moment it arrived."""
-        if self._stream_started is None:
-            return time.monotonic()
-        received_s = self._stream_samples / VAD_RATE_HZ
-        return time.monotonic() - (received_s - stream_s)
+    async def _on_segmenter_event(self, event: SegmenterEvent) -> None:
+        if isinstance(event, SpeechPaused):
+            self._transcribe_early(event)
+        elif isinstance(event, Utterance):
+            await self._queue_turn(event)
 
     def _transcribe_early(self, pause: SpeechPaused) -> None:
         """Start transcribing at a pause, so a turn that ends there finds its text ready.
@@ -245,7 +207,7 @@ class CallSession:
 
     async def _queue_turn(self, utterance: Utterance) -> None:
         clock = TurnClock()
-        clock.mark("speech_end", self._stream_time_to_monotonic(utterance.speech_end_s))
+        clock.mark("speech_end", self._inbound.arrival_time(utterance.speech_end_s))
         clock.mark("turn_detected")
         logger.info(
             "call %s: utterance %.2f-%.2f s%s",
@@ -310,6 +272,11 @@ class CallSession:
             },
         )
         pipeline = ReplyPipeline(
-            services, self.conversation_id, self.level, track=self.reply_track, clock=turn.clock
+            services,
+            self.conversation_id,
+            self.level,
+            track=self.reply_track,
+            clock=turn.clock,
+            task_name=f"call-{self.id}-reply",
         )
         await pipeline.run()

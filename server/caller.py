@@ -128,8 +128,13 @@ async def place_call(
 
     pc.addTrack(track)
     channel = pc.createDataChannel("events")
+
+    def on_open() -> None:
+        for message in channel_messages:
+            channel.send(message)
+
     channel.on("message", on_message)
-    channel.on("open", lambda: [channel.send(message) for message in channel_messages])
+    channel.on("open", on_open)
     pc.on("track", lambda remote: tasks.append(asyncio.create_task(recorder.run(remote))))
 
     try:

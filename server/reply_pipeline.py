@@ -53,8 +53,10 @@ class TurnClock:
 @dataclass
 class ChunkState:
     chunk: ReplyChunk
-    chunk_id: uuid.UUID
+    chunk_id: uuid.UUID = field(default_factory=uuid.uuid4)
     status: str = "pending"
+    # Set once the chunk's row exists and chunk:generated is sent; synthesis starts before.
+    stored: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class ReplyPipeline:
@@ -66,12 +68,14 @@ class ReplyPipeline:
         *,
         track: ReplyAudioTrack | None,
         clock: TurnClock,
+        task_name: str = "reply",
     ) -> None:
         self._services = services
         self._conversation_id = conversation_id
         self._level = level
         self._track = track
         self._clock = clock
+        self._task_name = task_name
         self._message: StoredMessage | None = None
         self._chunks: list[ChunkState] = []
         # Bounded: the model waits when synthesis falls more than eight chunks behind.
@@ -87,16 +91,16 @@ class ReplyPipeline:
         messages = [ChatMessage("system", tutor_system_prompt(self._level))]
         messages += [ChatMessage(row["role"], row["content"]) for row in history]
 
-        speaker = asyncio.create_task(self._speak_chunks(), name="reply-tts")
-        status = "completed"
+        speaker = asyncio.create_task(self._speak_chunks(), name=f"{self._task_name}-tts")
         try:
             status = await self._generate(messages)
             await self._tts_queue.put(None)
             await speaker
-        except asyncio.CancelledError:
+        except BaseException as exc:
             speaker.cancel()
             await asyncio.gather(speaker, return_exceptions=True)
-            await self._store_outcome("interrupted")
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            await self._store_outcome("interrupted" if cancelled else "failed")
             raise
         await self._store_outcome(status)
 
@@ -139,15 +143,23 @@ class ReplyPipeline:
         return "completed"
 
     async def _add_chunk(self, chunk: ReplyChunk) -> None:
+        """Queue the chunk for synthesis, then store it and send chunk:generated while
+        piper works, so the database never delays the first audio."""
         pool = self._services.pool
+        self._clock.mark("first_chunk_ready")
+        state = ChunkState(chunk)
+        self._chunks.append(state)
+        await self._tts_queue.put(state)
+
         if self._message is None:
             # The assistant message is created with its first chunk, so a model that fails
             # before saying anything leaves no empty message behind.
             self._message = await insert_message(
                 pool, self._conversation_id, "assistant", "", metadata={"status": "generating"}
             )
-        chunk_id = await insert_chunk(
+        await insert_chunk(
             pool,
+            state.chunk_id,
             self._message.id,
             chunk.index,
             text=chunk.text,
@@ -156,14 +168,11 @@ class ReplyPipeline:
             pause_after_s=chunk.pause_after_s,
             emphasis=chunk.emphasis,
         )
-        self._clock.mark("first_chunk_ready")
-        state = ChunkState(chunk, chunk_id)
-        self._chunks.append(state)
         await self._services.bus.publish(
             self._conversation_id,
             "chunk:generated",
             {
-                "chunkId": str(chunk_id),
+                "chunkId": str(state.chunk_id),
                 "messageId": str(self._message.id),
                 "chunkIndex": chunk.index,
                 "text": chunk.text,
@@ -174,7 +183,7 @@ class ReplyPipeline:
                 "ttsStatus": "pending",
             },
         )
-        await self._tts_queue.put(state)
+        state.stored.set()
 
     async def _speak_chunks(self) -> None:
         while (state := await self._tts_queue.get()) is not None:
@@ -183,10 +192,12 @@ class ReplyPipeline:
     async def _speak(self, state: ChunkState) -> None:
         services = self._services
         pool = services.pool
-        await set_tts_status(pool, state.chunk_id, "processing")
-        state.status = "processing"
+        synthesis = asyncio.ensure_future(services.tts.synthesize(state.chunk.text))
         try:
-            speech = await services.tts.synthesize(state.chunk.text)
+            await state.stored.wait()
+            await set_tts_status(pool, state.chunk_id, "processing")
+            state.status = "processing"
+            speech = await synthesis
         except SynthesisError as exc:
             state.status = "failed"
             await set_tts_status(pool, state.chunk_id, "failed")
@@ -198,6 +209,9 @@ class ReplyPipeline:
                 **self._message_ref(),
             )
             return
+        finally:
+            # Reached with synthesis pending only when cancelled mid-wait.
+            synthesis.cancel()
 
         self._clock.mark("tts_first_audio")
         # Queue the audio before storing it: the caller hears it sooner.

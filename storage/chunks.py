@@ -11,6 +11,7 @@ TTS_STATUSES = ("pending", "processing", "completed", "failed")
 
 async def insert_chunk(
     pool: asyncpg.Pool,
+    chunk_id: uuid.UUID,
     message_id: uuid.UUID,
     chunk_index: int,
     *,
@@ -19,14 +20,14 @@ async def insert_chunk(
     icon: str,
     pause_after_s: float,
     emphasis: bool,
-) -> uuid.UUID:
-    chunk_id: uuid.UUID = await pool.fetchval(
+) -> None:
+    await pool.execute(
         """
         INSERT INTO message_chunks
-            (message_id, chunk_index, text, emotion, icon, pause_after, emphasis)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
-        RETURNING id
+            (id, message_id, chunk_index, text, emotion, icon, pause_after, emphasis)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
         """,
+        chunk_id,
         message_id,
         chunk_index,
         text,
@@ -35,7 +36,6 @@ async def insert_chunk(
         pause_after_s,
         emphasis,
     )
-    return chunk_id
 
 
 async def set_tts_status(
