@@ -32,7 +32,7 @@ ARRIVALS_KEPT = 3000
 
 
 class InboundEnded(Exception):
-    """The track ended or went silent; the message says which."""
+    """The track ended or went silent; the message names the reason."""
 
 
 class InboundAudio:

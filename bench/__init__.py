@@ -1,0 +1,1 @@
+"""Benchmark scripts: they measure Parley and print numbers, and they assert nothing."""
