@@ -29,6 +29,7 @@ class FileAudioTrack(MediaStreamTrack):
         # Monotonic time at which the frame holding the end of speech was handed to aiortc.
         self.speech_end_sent_at: float | None = None
         self.finished = asyncio.Event()
+        self.finished_at: float | None = None
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
@@ -47,7 +48,8 @@ class FileAudioTrack(MediaStreamTrack):
         samples[: len(available)] = available
         if self.speech_end_sent_at is None and end >= self._speech_end_sample:
             self.speech_end_sent_at = time.monotonic()
-        if end >= len(self._samples):
+        if end >= len(self._samples) and not self.finished.is_set():
+            self.finished_at = time.monotonic()
             self.finished.set()
 
         frame = samples_to_frame(samples, WEBRTC_RATE_HZ, pts=begin)

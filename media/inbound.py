@@ -96,6 +96,18 @@ class InboundAudio:
         # The position lies inside that frame; the frame's audio ends at samples_end.
         return arrived_at - max(0, samples_end - position) / VAD_RATE_HZ
 
+    async def finish(self) -> list[SegmenterEvent]:
+        """Segment the frames still queued, end the utterance in progress and stop the
+        worker; return the events that produced."""
+        loop = asyncio.get_running_loop()
+        events: list[SegmenterEvent] = []
+        while not self._frames.empty():
+            frame, arrived_at = self._frames.get_nowait()
+            events += await loop.run_in_executor(self._executor, self._push, frame, arrived_at)
+        events += await loop.run_in_executor(self._executor, self._segmenter.flush)
+        self.close()
+        return events
+
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
 

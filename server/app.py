@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 SETTINGS_KEY = web.AppKey("settings", Settings)
 
+HTTP_ERROR_CODES = {403: "forbidden", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -34,8 +36,12 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = "not_found" if exc.status == 404 else "invalid_field"
-        return web.json_response({"error": exc.reason, "code": code}, status=exc.status)
+        code = HTTP_ERROR_CODES.get(exc.status, "invalid_field")
+        # Keep headers such as Allow on a 405.
+        headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
+        return web.json_response(
+            {"error": exc.reason, "code": code}, status=exc.status, headers=headers
+        )
     except Exception:
         logger.exception("%s %s failed", request.method, request.path)
         return web.json_response(
@@ -65,9 +71,9 @@ async def handle_health(request: web.Request) -> web.Response:
 async def handle_audio(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES_KEY]
     file_id = request.match_info["file_id"]
-    path = services.audio_files.path_for(file_id)
+    path = services.audio_files.path_for(file_id.lower())
     if path is None:
-        raise ClientError(f"audio id {file_id!r} is invalid: expected 32 hex characters")
+        raise ClientError(f"audio id {file_id[:40]!r} is invalid: expected 32 hex digits")
     if not await asyncio.to_thread(path.is_file):
         raise NotFoundError(f"audio {file_id} not found")
     return web.FileResponse(path, headers={"Content-Type": "audio/wav"})

@@ -4,8 +4,6 @@ data channel, and the clean-up of everything the call started."""
 from __future__ import annotations
 
 import asyncio
-import collections
-import json
 import logging
 import uuid
 from collections.abc import Coroutine
@@ -24,15 +22,16 @@ from aiortc import (
 from media.inbound import InboundAudio, InboundEnded
 from media.stt import Transcript, TranscriptionError
 from media.tracks import ReplyAudioTrack
-from media.vad import VAD_RATE_HZ, SegmenterEvent, SpeechPaused, Utterance
+from media.vad import SegmenterEvent, SpeechPaused, Utterance
+from server.data_channel import EventChannel
 from server.reply_pipeline import ReplyPipeline, TurnClock
 from server.services import Services
-from storage.conversations import insert_message
+from server.user_turns import store_user_turn
 
 logger = logging.getLogger(__name__)
 
-# Events produced before the data channel opens wait here; older ones are dropped past this.
-MAX_BUFFERED_EVENTS = 256
+# Event types are echoed in errors; a longer one is cut to this many characters.
+MAX_ECHOED_CHARS = 64
 
 
 @dataclass
@@ -59,8 +58,7 @@ class CallSession:
         ice_servers = [RTCIceServer(urls=url) for url in settings.ice_servers]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers))
         self.reply_track = ReplyAudioTrack()
-        self._channel: RTCDataChannel | None = None
-        self._pending_events: collections.deque[str] = collections.deque(maxlen=MAX_BUFFERED_EVENTS)
+        self._events = EventChannel(f"call-{self.id}", self._on_client_event, self._send_error)
         self._turns: asyncio.Queue[QueuedTurn] = asyncio.Queue(
             maxsize=settings.call_turn_queue_size
         )
@@ -68,13 +66,14 @@ class CallSession:
         self._inbound = InboundAudio(
             f"call-{self.id}", services.segmenter_config, settings.call_idle_timeout_s
         )
-        self._unsubscribe = services.bus.subscribe(conversation_id, self._send_event)
+        self._inbound_track: MediaStreamTrack | None = None
+        self._unsubscribe = services.bus.subscribe(conversation_id, self._events.send)
         self._closed = asyncio.Event()
         self._closing = False
         self._early: EarlyTranscription | None = None
 
     async def accept(self, offer: RTCSessionDescription) -> RTCSessionDescription:
-        """Apply the caller's offer and return the answer with our candidates in it."""
+        """Apply the caller's offer and return the SDP answer with our candidates in it."""
         self.pc.addTrack(self.reply_track)
         self.pc.on("track", self._on_track)
         self.pc.on("datachannel", self._on_datachannel)
@@ -83,10 +82,9 @@ class CallSession:
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         self._start_task(self._run_turns(), "turns")
+        self._start_task(self._events.serve(), "channel")
+        self._start_task(self._expect_audio(), "watchdog")
         return self.pc.localDescription
-
-    async def wait_closed(self) -> None:
-        await self._closed.wait()
 
     async def close(self, reason: str) -> None:
         """End the call and release everything it started. Safe to call more than once."""
@@ -95,18 +93,22 @@ class CallSession:
             return
         self._closing = True
         logger.info("call %s: closing (%s)", self.id, reason)
-        self._unsubscribe()
-        current = asyncio.current_task()
-        tasks = [task for task in self._tasks if task is not current]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self.reply_track.stop()
-        await self.pc.close()
-        self._inbound.close()
-        self._services.sessions.pop(self.id, None)
-        self._closed.set()
-        logger.info("call %s: closed", self.id)
+        try:
+            current = asyncio.current_task()
+            tasks = [task for task in self._tasks if task is not current]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._store_unanswered_speech()
+        finally:
+            self._unsubscribe()
+            await self._events.close()
+            self.reply_track.stop()
+            await self.pc.close()
+            self._inbound.close()
+            self._services.sessions.pop(self.id, None)
+            self._closed.set()
+            logger.info("call %s: closed", self.id)
 
     def _start_task(self, coroutine: Coroutine[Any, Any, Any], name: str) -> None:
         task = asyncio.create_task(coroutine, name=f"call-{self.id}-{name}")
@@ -126,21 +128,18 @@ class CallSession:
     # -- WebRTC events
 
     def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind != "audio":
-            logger.info("call %s: ignoring inbound %s track", self.id, track.kind)
+        if track.kind != "audio" or self._inbound_track is not None:
+            # One microphone per call: a second audio track would interleave with the first.
+            logger.info("call %s: ignoring an extra inbound %s track", self.id, track.kind)
             return
         logger.info("call %s: inbound audio track", self.id)
+        self._inbound_track = track
         self._start_task(self._receive(track), "inbound")
         self._start_task(self._inbound.segment(self._on_segmenter_event), "segmenter")
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
         logger.info("call %s: data channel %r", self.id, channel.label)
-        self._channel = channel
-        channel.on("message", self._on_channel_message)
-        if channel.readyState == "open":
-            self._flush_events()
-        else:
-            channel.on("open", self._flush_events)
+        self._events.attach(channel)
 
     async def _on_connection_state(self) -> None:
         state = self.pc.connectionState
@@ -148,33 +147,25 @@ class CallSession:
         if state in ("failed", "closed"):
             self._start_task(self.close(f"connection {state}"), "close")
 
-    def _on_channel_message(self, message: str | bytes) -> None:
-        # Client events are not handled on the data channel yet: each one gets an
-        # unknown_event (or bad_json) error, which also shows the channel is alive.
-        try:
-            event = json.loads(message)
-            event_type = event.get("type") if isinstance(event, dict) else None
-        except (ValueError, UnicodeDecodeError):
-            self._reply_error("bad_json", "data channel message is not valid JSON")
-            return
-        self._reply_error("unknown_event", f"event type {event_type!r} is not supported")
+    async def _expect_audio(self) -> None:
+        """End a call whose caller never sends an audio track."""
+        timeout_s = self._services.settings.call_idle_timeout_s
+        await asyncio.sleep(timeout_s)
+        if self._inbound_track is None:
+            self._start_task(self.close(f"no audio track within {timeout_s:.0f} s"), "close")
 
-    def _reply_error(self, code: str, message: str) -> None:
-        self._start_task(
-            self._services.bus.publish_error(self.conversation_id, code, message), "error"
-        )
+    # -- client events
 
-    # -- events to the caller
+    async def _on_client_event(self, event: dict[str, Any]) -> None:
+        # No client event is handled on the data channel yet: each one gets an
+        # unknown_event error, which also shows the channel is alive.
+        event_type = event["type"]
+        if len(event_type) > MAX_ECHOED_CHARS:
+            event_type = event_type[:MAX_ECHOED_CHARS] + "…"
+        await self._send_error("unknown_event", f"event type {event_type!r} is not supported")
 
-    def _send_event(self, message: str) -> None:
-        if self._channel is not None and self._channel.readyState == "open":
-            self._channel.send(message)
-        else:
-            self._pending_events.append(message)
-
-    def _flush_events(self) -> None:
-        while self._pending_events and self._channel is not None:
-            self._channel.send(self._pending_events.popleft())
+    async def _send_error(self, code: str, message: str) -> None:
+        await self._services.bus.publish_error(self.conversation_id, code, message)
 
     # -- inbound media
 
@@ -216,12 +207,12 @@ class CallSession:
             utterance.speech_end_s,
             " (cut at the maximum length)" if utterance.truncated else "",
         )
-        # Waits when turns pile up faster than replies finish, and the inbound track
-        # buffers meanwhile.
         early = None
         if self._early is not None and self._early.speech_end_s == utterance.speech_end_s:
             early = self._early.task
         self._early = None
+        # Waits when turns pile up faster than replies finish, and the inbound frames
+        # queue meanwhile.
         await self._turns.put(QueuedTurn(utterance, clock, early))
 
     # -- turns
@@ -233,12 +224,11 @@ class CallSession:
 
     async def _handle_turn(self, turn: QueuedTurn) -> None:
         services = self._services
-        samples = turn.utterance.samples
         try:
             if turn.early_transcript is not None:
                 transcript = await turn.early_transcript
             else:
-                transcript = await services.stt.transcribe(samples)
+                transcript = await services.stt.transcribe(turn.utterance.samples)
         except TranscriptionError as exc:
             await services.bus.publish_error(self.conversation_id, "stt_failed", str(exc))
             return
@@ -247,30 +237,7 @@ class CallSession:
             logger.info("call %s: utterance contained no words, so no turn", self.id)
             return
 
-        file_id, duration_s = await services.audio_files.save(samples, VAD_RATE_HZ)
-        message = await insert_message(
-            services.pool,
-            self.conversation_id,
-            "user",
-            transcript.text,
-            stt_transcript=transcript.text,
-            audio_file_id=file_id,
-            audio_duration_s=duration_s,
-            metadata={"inputMethod": "voice", "truncated": turn.utterance.truncated},
-        )
-        await services.bus.publish(
-            self.conversation_id,
-            "message:received",
-            {
-                "messageId": str(message.id),
-                "role": "user",
-                "content": message.content,
-                "sequenceNumber": message.sequence_number,
-                "audioFileId": file_id,
-                "audioUrl": f"/api/audio/{file_id}",
-                "audioDuration": round(duration_s, 3),
-            },
-        )
+        await store_user_turn(services, self.conversation_id, turn.utterance, transcript.text)
         pipeline = ReplyPipeline(
             services,
             self.conversation_id,
@@ -280,3 +247,25 @@ class CallSession:
             task_name=f"call-{self.id}-reply",
         )
         await pipeline.run()
+
+    async def _store_unanswered_speech(self) -> None:
+        """Store what the caller said but no turn took up: turns still queued and the
+        utterance in progress when the call ended. Nobody is left to hear a reply."""
+        utterances = []
+        while not self._turns.empty():
+            utterances.append(self._turns.get_nowait().utterance)
+        utterances += [e for e in await self._inbound.finish() if isinstance(e, Utterance)]
+
+        for utterance in utterances:
+            try:
+                transcript = await self._services.stt.transcribe(utterance.samples)
+                if transcript.text:
+                    await store_user_turn(
+                        self._services,
+                        self.conversation_id,
+                        utterance,
+                        transcript.text,
+                        answered=False,
+                    )
+            except Exception:
+                logger.exception("call %s: storing unanswered speech failed", self.id)

@@ -140,7 +140,7 @@ async def place_call(
     try:
         answer = await _negotiate(pc, server_url, conversation_id, level)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
-        waiting = _wait_for_replies(track, recorder, events, last_event_at, timeout_s, quiet_s)
+        waiting = _wait_for_replies(pc, track, recorder, events, last_event_at, timeout_s, quiet_s)
         if hang_up_when is None:
             await waiting
         else:
@@ -185,6 +185,7 @@ async def _negotiate(
 
 
 async def _wait_for_replies(
+    pc: RTCPeerConnection,
     track: FileAudioTrack,
     recorder: ReplyRecorder,
     events: list[dict[str, Any]],
@@ -195,14 +196,18 @@ async def _wait_for_replies(
     """Return once the file is sent, every user turn got a reply or an error, and neither
     audio nor events have arrived for quiet_s."""
     deadline = time.monotonic() + timeout_s
-    await asyncio.wait_for(track.finished.wait(), timeout_s)
-    finished_at = time.monotonic()
     while time.monotonic() < deadline:
         await asyncio.sleep(0.1)
+        if pc.connectionState in ("failed", "closed"):
+            raise ConnectionError(f"the connection to the server is {pc.connectionState}")
+        if not track.finished.is_set():
+            continue
         turns = _count(events, "message:received", "user")
         answers = _count(events, "message:received", "assistant")
         errors = sum(1 for e in events if e.get("type") == "conversation:error")
-        quiet_since = max(finished_at, last_event_at[0], recorder.last_audible_at or 0.0)
+        quiet_since = max(last_event_at[0], recorder.last_audible_at or 0.0)
+        if track.finished_at is not None:
+            quiet_since = max(quiet_since, track.finished_at)
         if answers + errors >= turns and time.monotonic() - quiet_since >= quiet_s:
             return
     raise TimeoutError(f"the reply did not finish within {timeout_s:.0f} s")

@@ -12,8 +12,10 @@ ERROR_CODES = (
     "invalid_field",
     "invalid_sdp",
     "not_found",
+    "method_not_allowed",
     "forbidden",
     "conversation_closed",
+    "conversation_busy",
     "too_large",
     "rate_limited",
     "llm_unavailable",
@@ -50,6 +52,11 @@ class ClientError(ParleyError):
 class PayloadTooLargeError(ClientError):
     code = "too_large"
     http_status = 413
+
+
+class ConflictError(ClientError):
+    code = "conversation_busy"
+    http_status = 409
 
 
 class NotFoundError(ClientError):

@@ -6,9 +6,11 @@ conversation's event log, so a client that reconnects can ask for what it missed
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +27,11 @@ class EventBus:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self._subscribers: dict[uuid.UUID, list[Subscriber]] = {}
+        # One lock per conversation keeps storing and sending in seq order. A lock lives
+        # only while some publisher holds a reference to it.
+        self._locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     def subscribe(self, conversation_id: uuid.UUID, subscriber: Subscriber) -> Callable[[], None]:
         """Add a subscriber; return the function that removes it."""
@@ -44,16 +51,18 @@ class EventBus:
     ) -> int:
         """Store the event in the log, then send it; return its seq."""
         data = {"conversationId": str(conversation_id), **data}
-        seq = await append_event(self._pool, conversation_id, event_type, data)
-        message = json.dumps({"type": event_type, "seq": seq, "data": data})
-        for subscriber in list(self._subscribers.get(conversation_id, [])):
-            try:
-                subscriber(message)
-            except Exception:
-                # One broken connection must not keep the event from the others.
-                logger.exception(
-                    "sending %s to a subscriber of %s failed", event_type, conversation_id
-                )
+        lock = self._locks.setdefault(conversation_id, asyncio.Lock())
+        async with lock:
+            seq = await append_event(self._pool, conversation_id, event_type, data)
+            message = json.dumps({"type": event_type, "seq": seq, "data": data})
+            for subscriber in list(self._subscribers.get(conversation_id, [])):
+                try:
+                    subscriber(message)
+                except Exception:
+                    # One broken connection must not keep the event from the others.
+                    logger.exception(
+                        "sending %s to a subscriber of %s failed", event_type, conversation_id
+                    )
         return seq
 
     async def publish_error(

@@ -30,15 +30,24 @@ def restrict_host_addresses(addresses: Sequence[str]) -> None:
 
 
 def filter_remote_candidates(sdp: str, addresses: Sequence[str]) -> str:
-    """Drop `a=candidate` lines whose address is not in addresses (no-op when empty)."""
-    if not addresses:
-        return sdp
+    """Drop `a=candidate` lines that are malformed or, when addresses is not empty, whose
+    address is not in it."""
     allowed = set(addresses)
     kept = []
     for line in sdp.splitlines():
         if line.startswith("a=candidate:"):
             fields = line.split()
-            if len(fields) < 6 or fields[4] not in allowed:
+            if not _is_valid_candidate(fields):
+                continue
+            if allowed and fields[4] not in allowed:
                 continue
         kept.append(line)
     return "\r\n".join(kept) + "\r\n"
+
+
+def _is_valid_candidate(fields: list[str]) -> bool:
+    """Check `a=candidate:foundation component transport priority address port typ ...`;
+    aioice raises from inside its send loop on a port it cannot use."""
+    if len(fields) < 8 or fields[2].lower() not in ("udp", "tcp"):
+        return False
+    return fields[5].isdigit() and 1 <= int(fields[5]) <= 65535

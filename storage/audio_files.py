@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-FILE_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+FILE_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 
 
 class AudioFileStore:
@@ -23,7 +23,7 @@ class AudioFileStore:
 
     def path_for(self, file_id: str) -> Path | None:
         """Return the path of a stored file, or None when the id is malformed."""
-        if not FILE_ID_PATTERN.match(file_id):
+        if not FILE_ID_PATTERN.fullmatch(file_id):
             return None
         return self.root / file_id[:2] / f"{file_id}.wav"
 

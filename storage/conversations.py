@@ -55,6 +55,11 @@ async def get_conversation(pool: asyncpg.Pool, conversation_id: uuid.UUID) -> as
     return row
 
 
+async def delete_conversation(pool: asyncpg.Pool, conversation_id: uuid.UUID) -> None:
+    """Delete a conversation and, by cascade, its messages, chunks and events."""
+    await pool.execute("DELETE FROM conversations WHERE id = $1", conversation_id)
+
+
 async def insert_message(
     pool: asyncpg.Pool,
     conversation_id: uuid.UUID,

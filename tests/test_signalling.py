@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
 
 from server.caller import place_call
@@ -65,7 +66,11 @@ async def post_offer(server: RunningServer, body: Any) -> tuple[int, dict[str, A
         return response.status, payload
 
 
-BROKEN_AUDIO_SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nm=audio x RTP/AVP\r\nc=IN\r\n"
+BROKEN_AUDIO_SDP = (
+    "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\na=fingerprint:sha-256 AB:CD\r\n"
+    "m=audio x RTP/AVP\r\nc=IN\r\n"
+)
+NO_FINGERPRINT_SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nm=audio 9 RTP/AVP 0\r\n"
 
 
 @pytest.mark.parametrize(
@@ -95,6 +100,10 @@ BROKEN_AUDIO_SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nm=audio x RTP/AVP\
             "not_found",
         ),
         ({"sdp": "v=0\r\nm=audio " + "x" * 70000, "type": "offer"}, 413, "too_large"),
+        ({"sdp": NO_FINGERPRINT_SDP, "type": "offer"}, 400, "invalid_sdp"),
+        ({"sdp": BROKEN_AUDIO_SDP, "type": "offer", "title": "a\u0000b"}, 400, "invalid_field"),
+        ({"sdp": BROKEN_AUDIO_SDP, "type": "offer", "title": "\ud800"}, 400, "invalid_field"),
+        (b'{"sdp": ' + b"[" * 30000 + b"]" * 30000 + b"}", 400, "bad_json"),
     ],
     ids=[
         "not-json",
@@ -109,6 +118,10 @@ BROKEN_AUDIO_SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nm=audio x RTP/AVP\
         "bad-conversation-id",
         "unknown-conversation",
         "too-large",
+        "no-fingerprint",
+        "title-nul",
+        "title-surrogate",
+        "deeply-nested",
     ],
 )
 async def test_bad_offer_is_rejected(
@@ -180,4 +193,78 @@ async def test_bad_channel_messages_get_errors(server: RunningServer) -> None:
     codes = [error["code"] for error in errors]
     assert codes[:2] == ["bad_json", "unknown_event"]
     assert "nope" in errors[1]["error"]
+    assert "testing routine" in result.user_transcript.lower(), "the call went on"
+
+
+async def test_second_call_on_busy_conversation_rejected(server: RunningServer) -> None:
+    question = str(speech_file("librispeech_251-137823-0002_en.wav"))
+    first = await place_call(server.url, question)
+    status, payload = await post_offer(
+        server,
+        {"sdp": await audio_offer(), "type": "offer", "conversationId": first.conversation_id},
+    )
+    assert status == 200, "the first call has ended, so the conversation is free again"
+
+    status, payload = await post_offer(
+        server,
+        {"sdp": await audio_offer(), "type": "offer", "conversationId": first.conversation_id},
+    )
+    assert status == 409
+    assert payload["code"] == "conversation_busy"
+
+
+async def test_rejected_offer_creates_no_conversation(server: RunningServer) -> None:
+    pool = await server.db()
+    before = await pool.fetchval("SELECT count(*) FROM conversations")
+    status, _ = await post_offer(server, {"sdp": BROKEN_AUDIO_SDP, "type": "offer"})
+    after = await pool.fetchval("SELECT count(*) FROM conversations")
+    assert status == 400
+    assert after == before
+
+
+async def test_call_without_audio_track_ends(server: RunningServer) -> None:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("audio", direction="recvonly")
+    pc.createDataChannel("events")
+    await pc.setLocalDescription(await pc.createOffer())
+    status, answer = await post_offer(server, {"sdp": pc.localDescription.sdp, "type": "offer"})
+    assert status == 200
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+    try:
+        health = await server.wait_for_idle(timeout_s=15)
+    finally:
+        await pc.close()
+    assert health["calls"] == 0, "a connected call that never sends audio is ended"
+
+
+async def test_speech_cut_by_hang_up_is_stored(server: RunningServer) -> None:
+    jfk = str(speech_file("jfk_inaugural_1961_male_en.wav"))
+    hang_up_at = time.monotonic() + 7.0
+    result = await place_call(
+        server.url, jfk, hang_up_when=lambda events: time.monotonic() > hang_up_at
+    )
+    await server.wait_for_idle()
+
+    pool = await server.db()
+    messages = await pool.fetch(
+        "SELECT role, content, audio_file_id, metadata FROM messages"
+        " WHERE conversation_id = $1 ORDER BY sequence_number",
+        uuid.UUID(result.conversation_id),
+    )
+    assert [m["role"] for m in messages] == ["user"]
+    assert "fellow americans" in messages[0]["content"].lower()
+    assert messages[0]["audio_file_id"]
+    assert messages[0]["metadata"]["unanswered"] is True
+
+
+async def test_channel_flood_is_rate_limited(server: RunningServer) -> None:
+    question = str(speech_file("librispeech_251-137823-0002_en.wav"))
+    flood = [json.dumps({"type": f"spam-{n}", "data": {}}) for n in range(200)]
+    result = await place_call(server.url, question, channel_messages=flood)
+
+    codes = [e["data"]["code"] for e in result.events if e["type"] == "conversation:error"]
+    assert "rate_limited" in codes
+    assert codes.count("unknown_event") < 100, "most of the flood is dropped"
+    seqs = [event["seq"] for event in result.events]
+    assert seqs == sorted(seqs), "events arrive in seq order"
     assert "testing routine" in result.user_transcript.lower(), "the call went on"
