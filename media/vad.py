@@ -38,6 +38,16 @@ class SegmenterConfig:
             raise ValueError(f"VAD aggressiveness {self.aggressiveness} is invalid: use 0-3")
         if self.frame_ms not in (10, 20, 30):
             raise ValueError(f"VAD frame of {self.frame_ms} ms is invalid: use 10, 20 or 30")
+        for name in ("onset_ms", "preroll_ms", "end_silence_ms", "pause_ms", "min_utterance_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} is invalid: it cannot be negative")
+        if not self.pause_ms < self.end_silence_ms:
+            raise ValueError(
+                f"pause_ms={self.pause_ms} must be shorter than end_silence_ms="
+                f"{self.end_silence_ms}, or early transcription never starts"
+            )
+        if self.max_utterance_s <= self.end_silence_ms / 1000:
+            raise ValueError(f"max_utterance_s={self.max_utterance_s} is too short")
 
 
 @dataclass(frozen=True)

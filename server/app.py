@@ -57,7 +57,8 @@ async def handle_health(request: web.Request) -> web.Response:
     call_tasks = [t for t in asyncio.all_tasks() if t.get_name().startswith("call-")]
     return web.json_response(
         {
-            "status": "ok",
+            # Calls still connect without a model, but every reply fails.
+            "status": "degraded" if services.llm.name == "unavailable" else "ok",
             "calls": len(services.sessions),
             "callThreads": len(call_threads),
             "callTasks": len(call_tasks),
@@ -85,10 +86,9 @@ async def handle_index(request: web.Request) -> web.FileResponse:
 
 async def services_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS_KEY]
-    restrict_host_addresses(settings.media_addresses)
+    restrict_host_addresses(settings.effective_media_addresses)
     services = await open_services(settings)
     app[SERVICES_KEY] = services
-    logger.info("Parley ready on http://%s:%d", settings.host, settings.port)
     yield
     await services.close()
 

@@ -52,6 +52,11 @@ class CallResult:
             "reply_audio_seconds": round(self.reply_audio_seconds, 3),
             "first_audio_ms": self.first_audio_ms,
             "events": [event["type"] for event in self.events],
+            "errors": [
+                {"code": e["data"].get("code"), "error": e["data"].get("error")}
+                for e in self.events
+                if e.get("type") == "conversation:error"
+            ],
         }
 
 
@@ -102,6 +107,7 @@ async def place_call(
     *,
     timeout_s: float = 120.0,
     quiet_s: float = 2.5,
+    turn_wait_s: float = 20.0,
     conversation_id: str | None = None,
     level: str | None = None,
     hang_up_when: Callable[[list[dict[str, Any]]], bool] | None = None,
@@ -140,7 +146,11 @@ async def place_call(
     try:
         answer = await _negotiate(pc, server_url, conversation_id, level)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
-        waiting = _wait_for_replies(pc, track, recorder, events, last_event_at, timeout_s, quiet_s)
+        # A file with speech in it waits up to turn_wait_s for the server's first event.
+        first_event_wait_s = turn_wait_s if speech_end_s > 0 else 0.0
+        waiting = _wait_for_replies(
+            pc, track, recorder, events, last_event_at, timeout_s, quiet_s, first_event_wait_s
+        )
         if hang_up_when is None:
             await waiting
         else:
@@ -192,9 +202,11 @@ async def _wait_for_replies(
     last_event_at: list[float],
     timeout_s: float,
     quiet_s: float,
+    first_event_wait_s: float,
 ) -> None:
     """Return once the file is sent, every user turn got a reply or an error, and neither
-    audio nor events have arrived for quiet_s."""
+    audio nor events have arrived for quiet_s. While no event has come at all, the quiet
+    period is first_event_wait_s instead, since a slow transcription sends nothing yet."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         await asyncio.sleep(0.1)
@@ -208,7 +220,8 @@ async def _wait_for_replies(
         quiet_since = max(last_event_at[0], recorder.last_audible_at or 0.0)
         if track.finished_at is not None:
             quiet_since = max(quiet_since, track.finished_at)
-        if answers + errors >= turns and time.monotonic() - quiet_since >= quiet_s:
+        needed_quiet_s = quiet_s if events else max(quiet_s, first_event_wait_s)
+        if answers + errors >= turns and time.monotonic() - quiet_since >= needed_quiet_s:
             return
     raise TimeoutError(f"the reply did not finish within {timeout_s:.0f} s")
 

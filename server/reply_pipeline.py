@@ -122,7 +122,10 @@ class ReplyPipeline:
                     for chunk in chunker.feed(text):
                         await self._add_chunk(chunk)
                         sentences += chunk.text.endswith(SENTENCE_ENDINGS)
-                    if sentences >= settings.llm_max_reply_sentences:
+                    if (
+                        sentences >= settings.llm_max_reply_sentences
+                        or len(self._chunks) >= settings.llm_max_reply_chunks
+                    ):
                         break
                 else:
                     for chunk in chunker.finish():

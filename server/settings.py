@@ -42,6 +42,8 @@ class Settings:
     llm_max_reply_tokens: int = 120
     # Generation stops after this many sentences: a spoken turn, not an essay.
     llm_max_reply_sentences: int = 4
+    # Also a cap on chunks, for replies that run on in clauses without a full stop.
+    llm_max_reply_chunks: int = 12
     llm_temperature: float = 0.6
     llm_history_messages: int = 12
 
@@ -81,6 +83,40 @@ class Settings:
     def postgres_dir(self) -> Path:
         return self.data_dir / "postgres"
 
+    @property
+    def effective_media_addresses(self) -> tuple[str, ...]:
+        """Addresses for WebRTC media: the setting, or loopback when HTTP is loopback-only,
+        since no remote peer can reach such a server anyway."""
+        if self.media_addresses:
+            return self.media_addresses
+        if self.host in ("127.0.0.1", "localhost"):
+            return ("127.0.0.1",)
+        if self.host == "::1":
+            return ("::1",)
+        return ()
+
+    def validate(self) -> None:
+        """Raise SettingsError for values that would only fail later, after start-up work."""
+        if not 0 < self.port < 65536:
+            raise SettingsError(f"PARLEY_PORT={self.port} is invalid: use 1-65535")
+        if self.llm_backend not in LLM_BACKENDS:
+            raise SettingsError(
+                f"PARLEY_LLM_BACKEND={self.llm_backend!r} is invalid: use one of "
+                + ", ".join(LLM_BACKENDS)
+            )
+        for name, value in (
+            ("PARLEY_LLM_MODEL_PATH", self.llm_model_path),
+            ("PARLEY_TTS_VOICE", self.tts_voice),
+        ):
+            if value and not Path(value).is_file():
+                raise SettingsError(f"{name}={value!r} is not found: give the path of a file")
+        stt_path = Path(self.stt_model).expanduser()
+        if "/" in self.stt_model and not stt_path.is_dir():
+            raise SettingsError(
+                f"PARLEY_STT_MODEL={self.stt_model!r} is not found: give a model folder "
+                "or a faster-whisper model name such as 'small.en'"
+            )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from PARLEY_* variables (plus DATABASE_URL and OLLAMA_HOST)."""
@@ -95,6 +131,8 @@ class Settings:
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)
 
+
+LLM_BACKENDS = ("auto", "ollama", "embedded")
 
 # Settings that keep the names their ecosystems already use.
 _ENV_NAMES = {"database_url": "DATABASE_URL", "ollama_host": "OLLAMA_HOST"}

@@ -41,7 +41,7 @@ async def handle_offer(request: web.Request) -> web.Response:
     session = CallSession(services, offer.conversation_id, offer.level)
     services.sessions[session.id] = session
     try:
-        sdp = filter_remote_candidates(offer.sdp, services.settings.media_addresses)
+        sdp = filter_remote_candidates(offer.sdp, services.settings.effective_media_addresses)
         answer = await session.accept(RTCSessionDescription(sdp=sdp, type="offer"))
     except Exception as exc:
         # aiortc raises many kinds of errors (ValueError, KeyError, AssertionError, ...) on
@@ -96,6 +96,8 @@ async def _parse_offer(services: Services, body: dict[str, Any]) -> Offer:
     raw_id = body.get("conversationId")
     conversation_id = _parse_uuid(raw_id) if raw_id is not None else None
     level = body.get("level", "A1")
+    if isinstance(level, str):
+        level = level.upper()
     if level not in LEVELS:
         raise ClientError(f"level {str(level)[:10]!r} is invalid: use one of {', '.join(LEVELS)}")
     title = _check_text(body.get("title"), "title", 255)

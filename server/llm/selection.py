@@ -10,11 +10,9 @@ from server.llm.base import ChatMessage, ChatModel, GenerationOptions, LLMUnavai
 from server.llm.llama_chat import LlamaChatModel, default_model_path
 from server.llm.ollama_chat import OllamaChatModel
 from server.prompts import tutor_system_prompt
-from server.settings import Settings, SettingsError
+from server.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-BACKENDS = ("auto", "ollama", "embedded")
 
 
 class UnavailableChatModel:
@@ -38,10 +36,7 @@ class UnavailableChatModel:
 
 
 async def open_chat_model(settings: Settings) -> ChatModel:
-    if settings.llm_backend not in BACKENDS:
-        raise SettingsError(
-            f"PARLEY_LLM_BACKEND={settings.llm_backend!r} is invalid: use one of {BACKENDS}"
-        )
+    settings.validate()
 
     if settings.llm_backend in ("auto", "ollama"):
         ollama_model = OllamaChatModel(settings.ollama_host, settings.ollama_model)

@@ -1,0 +1,100 @@
+"""The `parley` command as a user runs it: clear one-line errors, and `call --json`."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_DIR, RunningServer, free_port, speech_file
+
+SUMMARY_KEYS = {
+    "conversation_id",
+    "user_transcript",
+    "reply_text",
+    "reply_audio_seconds",
+    "first_audio_ms",
+    "events",
+    "errors",
+}
+
+
+def run_parley(*args: str, timeout_s: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", *args],
+        cwd=REPO_DIR,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
+def test_call_with_missing_file_fails_cleanly(tmp_path: Path) -> None:
+    result = run_parley("call", "--audio", str(tmp_path / "nope.wav"))
+    assert result.returncode == 1
+    assert "nope.wav not found" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_call_to_absent_server_fails_cleanly() -> None:
+    audio = str(speech_file("speechcommands_yes_1s_en.wav"))
+    result = run_parley("call", "--audio", audio, "--server", f"http://127.0.0.1:{free_port()}")
+    assert result.returncode == 1
+    assert "call to http://127.0.0.1:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_on_taken_port_fails_fast(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_parley(
+            "serve", "--port", str(port), timeout_s=30, PARLEY_DATA_DIR=str(tmp_path)
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert not (tmp_path / "postgres").exists(), "nothing starts before the port is checked"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("PARLEY_VAD_AGGRESSIVENESS", "9", "aggressiveness 9 is invalid"),
+        ("PARLEY_VAD_PAUSE_MS", "5000", "must be shorter than end_silence_ms"),
+        ("PARLEY_VAD_END_SILENCE_MS", "-5", "cannot be negative"),
+        ("PARLEY_LLM_BACKEND", "bogus", "PARLEY_LLM_BACKEND='bogus' is invalid"),
+        (
+            "PARLEY_TTS_VOICE",
+            "/nope/voice.onnx",
+            "PARLEY_TTS_VOICE='/nope/voice.onnx' is not found",
+        ),
+        ("PARLEY_LOG_LEVEL", "LOUD", "PARLEY_LOG_LEVEL='LOUD' is invalid"),
+        ("PARLEY_PORT", "70000", "PARLEY_PORT=70000 is invalid"),
+    ],
+)
+def test_serve_rejects_bad_setting(tmp_path: Path, variable: str, value: str, message: str) -> None:
+    env = {"PARLEY_DATA_DIR": str(tmp_path), "PARLEY_PORT": str(free_port()), variable: value}
+    result = run_parley("serve", timeout_s=60, **env)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_call_json_prints_summary(embedded_server: RunningServer) -> None:
+    audio = str(speech_file("librispeech_251-137823-0003_en.wav"))
+    result = run_parley("call", "--audio", audio, "--server", embedded_server.url, "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert set(summary) == SUMMARY_KEYS
+    assert "another engineer" in summary["user_transcript"].lower()
+    assert summary["reply_text"]
+    assert summary["reply_audio_seconds"] >= 1.0
+    assert summary["events"][0] == "message:received"
+    assert summary["errors"] == []
