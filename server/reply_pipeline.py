@@ -261,6 +261,8 @@ class ReplyPipeline:
                 await asyncio.wait_for(self._first_audio_sent.wait(), 1.0)
         if status == "interrupted":
             await reset_unfinished_chunks(pool, self._message.id)
+        # NOTE: an interrupted reply's content holds every generated chunk, spoken or not.
+        # Storing only what the caller heard needs the track's playout position per chunk.
         content = " ".join(state.chunk.text for state in self._chunks)
         metadata: dict[str, Any] = {
             "status": status,
