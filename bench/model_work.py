@@ -107,7 +107,7 @@ class TurnModels:
             max_tokens=self.settings.llm_max_reply_tokens,
             temperature=self.settings.llm_temperature,
         )
-        chunker = ReplyChunker()
+        chunker = ReplyChunker(first_chunk_words=self.settings.first_chunk_words)
         started = time.perf_counter()
         stream = self.llm.stream_chat(messages, options)
         # aclosing: leaving the loop at the first chunk stops the model's thread.

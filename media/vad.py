@@ -24,7 +24,7 @@ class SegmenterConfig:
     # Audio kept from before the onset, so the first syllable is not clipped.
     preroll_ms: int = 300
     # Silence after speech that ends the utterance.
-    end_silence_ms: int = 600
+    end_silence_ms: int = 550
     # Silence after which the speech so far is offered for early transcription, so the
     # transcript is ready by the time the end-of-turn silence has passed.
     pause_ms: int = 210

@@ -20,6 +20,7 @@ from aiortc import (
 )
 
 from media.inbound import InboundAudio, InboundEnded
+from media.jitter import shorten_audio_jitter_buffers
 from media.stt import Transcript, TranscriptionError
 from media.tracks import ReplyAudioTrack
 from media.vad import SegmenterEvent, SpeechPaused, Utterance
@@ -79,6 +80,7 @@ class CallSession:
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("connectionstatechange", self._on_connection_state)
         await self.pc.setRemoteDescription(offer)
+        shorten_audio_jitter_buffers(self.pc, self._services.settings.jitter_prefetch_packets)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         self._start_task(self._run_turns(), "turns")

@@ -26,12 +26,14 @@ from aiortc.mediastreams import MediaStreamError
 
 from media.file_track import FileAudioTrack, find_speech_end_s
 from media.frames import WEBRTC_RATE_HZ, MonoResampler, read_audio_file
+from media.jitter import shorten_audio_jitter_buffers
 
 logger = logging.getLogger(__name__)
 
 # A received frame whose peak is above this (-44 dBFS) is reply speech. Decoded Opus
 # silence stays under 50; piper's first frame of speech peaks above 1000.
 AUDIBLE_PEAK = 200
+CALLER_JITTER_PREFETCH_PACKETS = 2
 
 
 @dataclass
@@ -146,6 +148,8 @@ async def place_call(
     try:
         answer = await _negotiate(pc, server_url, conversation_id, level)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        # The same short receive buffer as the server's: 40 ms, close to a browser's.
+        shorten_audio_jitter_buffers(pc, CALLER_JITTER_PREFETCH_PACKETS)
         # A file with speech in it waits up to turn_wait_s for the server's first event.
         first_event_wait_s = turn_wait_s if speech_end_s > 0 else 0.0
         waiting = _wait_for_replies(

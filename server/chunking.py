@@ -61,7 +61,7 @@ class ReplyChunker:
     """Feed it text as it streams; it returns chunks as soon as their boundary is certain."""
 
     def __init__(
-        self, *, min_clause_words: int = 3, first_chunk_words: int = 6, max_chars: int = 220
+        self, *, min_clause_words: int = 3, first_chunk_words: int = 4, max_chars: int = 220
     ) -> None:
         self.min_clause_words = min_clause_words
         # The first chunk is cut after this many words even mid-sentence, because the caller

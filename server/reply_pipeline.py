@@ -12,7 +12,7 @@ from typing import Any
 
 from media.frames import WEBRTC_RATE_HZ, resample_samples
 from media.tracks import QueuedSpeech, ReplyAudioTrack
-from media.tts import SynthesisError
+from media.tts import Speech, SynthesisError
 from server.chunking import ReplyChunk, ReplyChunker
 from server.llm.base import ChatMessage, GenerationOptions, LLMUnavailableError
 from server.prompts import tutor_system_prompt
@@ -81,6 +81,8 @@ class ReplyPipeline:
         # Bounded: the model waits when synthesis falls more than eight chunks behind.
         self._tts_queue: asyncio.Queue[ChunkState | None] = asyncio.Queue(maxsize=8)
         self._first_audio_sent = asyncio.Event()
+        # Set once the first chunk's synthesis has ended, whether it succeeded or not.
+        self._first_synthesised = asyncio.Event()
 
     async def run(self) -> None:
         """Generate and speak the reply to the newest messages of the conversation."""
@@ -110,7 +112,7 @@ class ReplyPipeline:
         options = GenerationOptions(
             max_tokens=settings.llm_max_reply_tokens, temperature=settings.llm_temperature
         )
-        chunker = ReplyChunker()
+        chunker = ReplyChunker(first_chunk_words=settings.first_chunk_words)
         sentences = 0
         self._clock.mark("llm_start")
         stream = self._services.llm.stream_chat(messages, options)
@@ -122,6 +124,10 @@ class ReplyPipeline:
                     for chunk in chunker.feed(text):
                         await self._add_chunk(chunk)
                         sentences += chunk.text.endswith(SENTENCE_ENDINGS)
+                    if self._chunks and not self._first_synthesised.is_set():
+                        # On a shared CPU, the model generating ahead slows the synthesis
+                        # of the first chunk, which the caller is waiting for.
+                        await self._first_synthesised.wait()
                     if (
                         sentences >= settings.llm_max_reply_sentences
                         or len(self._chunks) >= settings.llm_max_reply_chunks
@@ -188,20 +194,46 @@ class ReplyPipeline:
         )
         state.stored.set()
 
+    async def _mark_processing(self, state: ChunkState) -> None:
+        await state.stored.wait()
+        await set_tts_status(self._services.pool, state.chunk_id, "processing")
+        state.status = "processing"
+
+    async def _play(self, speech: Speech, pause_after_s: float) -> None:
+        self._clock.mark("tts_first_audio")
+        if self._track is None:
+            return
+        samples = await asyncio.to_thread(
+            resample_samples, speech.samples, speech.sample_rate_hz, WEBRTC_RATE_HZ
+        )
+        await self._track.enqueue(
+            QueuedSpeech(samples, pause_after_s, on_start=self._on_audio_start)
+        )
+
     async def _speak_chunks(self) -> None:
-        while (state := await self._tts_queue.get()) is not None:
-            await self._speak(state)
+        try:
+            while (state := await self._tts_queue.get()) is not None:
+                await self._speak(state)
+        finally:
+            # Never leave the generator waiting on a speaker that has stopped.
+            self._first_synthesised.set()
 
     async def _speak(self, state: ChunkState) -> None:
+        """Synthesise a chunk and queue its audio, then store it. The chunk's database
+        writes run beside synthesis, so the audio never waits for them."""
         services = self._services
         pool = services.pool
         synthesis = asyncio.ensure_future(services.tts.synthesize(state.chunk.text))
+        marking = asyncio.ensure_future(self._mark_processing(state))
         try:
-            await state.stored.wait()
-            await set_tts_status(pool, state.chunk_id, "processing")
-            state.status = "processing"
-            speech = await synthesis
+            try:
+                speech = await synthesis
+            finally:
+                self._first_synthesised.set()
+            await self._play(speech, state.chunk.pause_after_s)
+            await marking
         except SynthesisError as exc:
+            await marking
             state.status = "failed"
             await set_tts_status(pool, state.chunk_id, "failed")
             await services.bus.publish_error(
@@ -213,22 +245,10 @@ class ReplyPipeline:
             )
             return
         finally:
-            # Reached with synthesis pending only when cancelled mid-wait.
+            # Both are pending here only when this task is cancelled mid-way.
             synthesis.cancel()
+            marking.cancel()
 
-        self._clock.mark("tts_first_audio")
-        # Queue the audio before storing it: the caller hears it sooner.
-        if self._track is not None:
-            samples = await asyncio.to_thread(
-                resample_samples, speech.samples, speech.sample_rate_hz, WEBRTC_RATE_HZ
-            )
-            await self._track.enqueue(
-                QueuedSpeech(
-                    samples,
-                    state.chunk.pause_after_s,
-                    on_start=self._on_audio_start,
-                )
-            )
         file_id, duration_s = await services.audio_files.save(speech.samples, speech.sample_rate_hz)
         await set_tts_status(
             pool, state.chunk_id, "completed", audio_file_id=file_id, audio_duration_s=duration_s

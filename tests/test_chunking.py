@@ -302,7 +302,7 @@ def test_sentence_ending_in_no_is_cut() -> None:
 def test_first_chunk_cut_after_first_chunk_words() -> None:
     chunks = chunk_whole("One two three four five six seven eight nine ten eleven twelve.")
 
-    assert texts(chunks) == ["One two three four five six", "seven eight nine ten eleven twelve."]
+    assert texts(chunks) == ["One two three four", "five six seven eight nine ten eleven twelve."]
     assert chunks[0].pause_after_s == 0.0
 
 

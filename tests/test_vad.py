@@ -263,7 +263,8 @@ def test_every_valid_frame_ms_finds_jfk(jfk: np.ndarray, frame_ms: int) -> None:
     events = segment(np.concatenate([jfk, zeros(1.0)]), SegmenterConfig(frame_ms=frame_ms))
     found = utterances(events)
 
-    # With 10 and 20 ms frames the pause near 5 s reaches end_silence_ms, so there may be two.
-    assert 1 <= len(found) <= 2
+    # With 10 and 20 ms frames the pauses near 4.5 s and 7.7 s (about 510 ms each) can
+    # reach end_silence_ms, so there may be up to three.
+    assert 1 <= len(found) <= 3
     assert found[0].start_s == 0.0
     assert 10.5 <= found[-1].speech_end_s <= 11.2

@@ -83,8 +83,10 @@ class LlamaChatModel:
         if self._llama is None:
             raise LLMUnavailableError(f"embedded model {self.model_path} is not loaded")
         loop = asyncio.get_running_loop()
-        # A small bound: the generator thread waits when the loop falls behind.
-        queue: asyncio.Queue[object] = asyncio.Queue(maxsize=64)
+        # One token of slack: the generator thread stops at once when the consumer pauses,
+        # which frees the CPU for other work (the pipeline pauses while piper synthesises
+        # the first chunk).
+        queue: asyncio.Queue[object] = asyncio.Queue(maxsize=1)
         stop = threading.Event()
 
         def put(item: object) -> None:
