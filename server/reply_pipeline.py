@@ -219,8 +219,8 @@ class ReplyPipeline:
             self._first_synthesised.set()
 
     async def _speak(self, state: ChunkState) -> None:
-        """Synthesise a chunk and queue its audio, then store it. The chunk's database
-        writes run beside synthesis, so the audio never waits for them."""
+        """Synthesise a chunk and queue its audio, then store it. The chunk's status write
+        runs beside synthesis, so queuing the audio waits for no database write."""
         services = self._services
         pool = services.pool
         synthesis = asyncio.ensure_future(services.tts.synthesize(state.chunk.text))
@@ -281,7 +281,7 @@ class ReplyPipeline:
                 await asyncio.wait_for(self._first_audio_sent.wait(), 1.0)
         if status == "interrupted":
             await reset_unfinished_chunks(pool, self._message.id)
-        # NOTE: an interrupted reply's content holds every generated chunk, spoken or not.
+        # NOTE: an interrupted reply's content contains every generated chunk, spoken or not.
         # Storing only what the caller heard needs the track's playout position per chunk.
         content = " ".join(state.chunk.text for state in self._chunks)
         metadata: dict[str, Any] = {

@@ -47,7 +47,7 @@ class Settings:
     llm_temperature: float = 0.6
     llm_history_messages: int = 12
     # The first chunk of a reply is cut after this many words, mid-sentence if need be,
-    # because the caller hears nothing until it is synthesised. Fewer words answer sooner
+    # because the caller hears nothing until it is synthesised. Fewer words reply sooner
     # (about 40 ms a word on 2 cores) at some cost to the first phrase's intonation.
     first_chunk_words: int = 4
 
