@@ -186,12 +186,18 @@ async def test_abandoned_call_ends_by_itself(server: RunningServer) -> None:
 async def test_bad_channel_messages_get_errors(server: RunningServer) -> None:
     question = str(speech_file("librispeech_251-137823-0002_en.wav"))
     result = await place_call(
-        server.url, question, channel_messages=["{not json", '{"type": "nope", "data": {}}']
+        server.url,
+        question,
+        channel_messages=[
+            "{not json",
+            '{"type": "nope", "data": {}}',
+            "[" * 1500 + "]" * 1500,
+        ],
     )
 
     errors = [e["data"] for e in result.events if e["type"] == "conversation:error"]
     codes = [error["code"] for error in errors]
-    assert codes[:2] == ["bad_json", "unknown_event"]
+    assert codes[:3] == ["bad_json", "unknown_event", "bad_json"]
     assert "nope" in errors[1]["error"]
     assert "testing routine" in result.user_transcript.lower(), "the call went on"
 
@@ -268,3 +274,19 @@ async def test_channel_flood_is_rate_limited(server: RunningServer) -> None:
     seqs = [event["seq"] for event in result.events]
     assert seqs == sorted(seqs), "events arrive in seq order"
     assert "testing routine" in result.user_transcript.lower(), "the call went on"
+
+
+async def test_wrong_method_gets_json_405(server: RunningServer) -> None:
+    async with aiohttp.ClientSession() as http, http.get(server.url + "/api/rtc/offer") as response:
+        payload = await response.json()
+        assert response.status == 405
+        assert payload["code"] == "method_not_allowed"
+        assert "POST" in response.headers["Allow"]
+
+
+async def test_audio_id_with_newline_is_invalid(server: RunningServer) -> None:
+    url = server.url + "/api/audio/" + "a" * 32 + "%0A"
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        payload = await response.json()
+        assert response.status == 400
+        assert payload["code"] == "invalid_field"
