@@ -207,7 +207,7 @@ class UtteranceSegmenter:
             utterance = self._finish(truncated=True)
             return [utterance] if utterance is not None else []
 
-        # Search up to the last voiced frame only, so the rest always holds speech.
+        # Search up to the last voiced frame only, so the rest always contains speech.
         energies = [
             float(np.mean(frame.astype(np.float32) ** 2)) for frame in speech[half:last_voiced]
         ]

@@ -251,7 +251,7 @@ class CallSession:
         await pipeline.run()
 
     async def _store_unanswered_speech(self) -> None:
-        """Store what the caller said but no turn took up: turns still queued and the
+        """Store the caller's speech that no turn took up: turns still queued and the
         utterance in progress when the call ended. Nobody is left to hear a reply."""
         utterances = []
         while not self._turns.empty():

@@ -2,7 +2,7 @@
 
 Events produced before the channel opens wait in a bounded buffer. Client messages are
 size-checked and rate-limited where they arrive, then handled one at a time by a single
-worker, so their answers keep the order the client sent them in.
+worker, so the responses keep the order the client sent them in.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ async def handle_offer(request: web.Request) -> web.Response:
         answer = await session.accept(RTCSessionDescription(sdp=sdp, type="offer"))
     except Exception as exc:
         # aiortc raises many kinds of errors (ValueError, KeyError, AssertionError, ...) on
-        # SDP it cannot use; none of them is worth more than a 400 to the caller.
+        # SDP it cannot use. Each is the caller's bad offer, so each gets a 400.
         await session.close("offer rejected")
         if offer.created:
             await delete_conversation(services.pool, offer.conversation_id)

@@ -1,4 +1,4 @@
-"""Storing what the caller said: the utterance audio, its transcript and the event."""
+"""Storing the caller's speech: the utterance audio, its transcript and the event."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ async def store_user_turn(
     """Save the utterance's audio, store the user message and send message:received.
 
     answered=False marks speech that reached the server as the call ended, stored so that
-    nothing the learner said is lost, though no reply follows.
+    none of the learner's speech is lost, though no reply follows.
     """
     file_id, duration_s = await services.audio_files.save(utterance.samples, VAD_RATE_HZ)
     metadata: dict[str, Any] = {"inputMethod": "voice", "truncated": utterance.truncated}
