@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import fractions
 import time
 
 import av
@@ -12,8 +11,8 @@ import webrtcvad
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
-from media.frames import SAMPLES_PER_FRAME, WEBRTC_RATE_HZ, samples_to_frame
-from media.tracks import FRAME_S
+from media.frame_clock import FrameClock, paced_frame
+from media.frames import SAMPLES_PER_FRAME, WEBRTC_RATE_HZ
 
 
 class FileAudioTrack(MediaStreamTrack):
@@ -23,9 +22,7 @@ class FileAudioTrack(MediaStreamTrack):
         super().__init__()
         self._samples = np.ascontiguousarray(samples, dtype=np.int16)
         self._speech_end_sample = int(speech_end_s * WEBRTC_RATE_HZ)
-        self._frame_index = 0
-        self._start: float | None = None
-        self._time_base = fractions.Fraction(1, WEBRTC_RATE_HZ)
+        self._clock = FrameClock()
         # Monotonic time at which the frame holding the end of speech was handed to aiortc.
         self.speech_end_sent_at: float | None = None
         self.finished = asyncio.Event()
@@ -34,14 +31,9 @@ class FileAudioTrack(MediaStreamTrack):
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        due = self._start + self._frame_index * FRAME_S
-        if due > now:
-            await asyncio.sleep(due - now)
+        index = await self._clock.next_frame()
 
-        begin = self._frame_index * SAMPLES_PER_FRAME
+        begin = index * SAMPLES_PER_FRAME
         end = begin + SAMPLES_PER_FRAME
         samples = np.zeros(SAMPLES_PER_FRAME, dtype=np.int16)
         available = self._samples[begin:end]
@@ -52,10 +44,7 @@ class FileAudioTrack(MediaStreamTrack):
             self.finished_at = time.monotonic()
             self.finished.set()
 
-        frame = samples_to_frame(samples, WEBRTC_RATE_HZ, pts=begin)
-        frame.time_base = self._time_base
-        self._frame_index += 1
-        return frame
+        return paced_frame(samples, index)
 
 
 def find_speech_end_s(samples_16k: np.ndarray, aggressiveness: int = 2) -> float:

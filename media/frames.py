@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import wave
+from pathlib import Path
+
 import av
 import numpy as np
 
@@ -60,6 +63,15 @@ def read_audio_file(path: str, rate_hz: int) -> np.ndarray:
         ]
         pieces.append(resampler.resample(None))
     return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int16)
+
+
+def write_wav(path: str | Path, samples: np.ndarray, rate_hz: int) -> None:
+    """Write mono int16 samples as a 16-bit WAV file. Blocking."""
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate_hz)
+        wav.writeframes(np.ascontiguousarray(samples, dtype=np.int16).tobytes())
 
 
 def peak_level(samples: np.ndarray) -> int:

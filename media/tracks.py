@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import fractions
 import logging
 import time
 from collections.abc import Callable
@@ -15,14 +14,10 @@ import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
-from media.frames import SAMPLES_PER_FRAME, WEBRTC_RATE_HZ, samples_to_frame
+from media.frame_clock import FrameClock, paced_frame
+from media.frames import SAMPLES_PER_FRAME, WEBRTC_RATE_HZ
 
 logger = logging.getLogger(__name__)
-
-FRAME_S = SAMPLES_PER_FRAME / WEBRTC_RATE_HZ
-# Behind schedule by more than this (a stalled loop), the clock is re-anchored instead of
-# sending a burst of frames to catch up.
-MAX_LAG_S = 0.1
 
 
 @dataclass
@@ -49,9 +44,7 @@ class ReplyAudioTrack(MediaStreamTrack):
         self._space.set()
         self._current: QueuedSpeech | None = None
         self._offset = 0
-        self._start: float | None = None
-        self._frame_index = 0
-        self._time_base = fractions.Fraction(1, WEBRTC_RATE_HZ)
+        self._clock = FrameClock()
 
     @property
     def idle(self) -> bool:
@@ -76,21 +69,8 @@ class ReplyAudioTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
 
-        # Pace by an absolute schedule, so rounding in sleep() never adds up to drift.
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        due = self._start + self._frame_index * FRAME_S
-        if due > now:
-            await asyncio.sleep(due - now)
-        elif now - due > MAX_LAG_S:
-            self._start = now - self._frame_index * FRAME_S
-
-        samples = self._next_samples(SAMPLES_PER_FRAME)
-        frame = samples_to_frame(samples, WEBRTC_RATE_HZ, pts=self._frame_index * SAMPLES_PER_FRAME)
-        frame.time_base = self._time_base
-        self._frame_index += 1
-        return frame
+        index = await self._clock.next_frame()
+        return paced_frame(self._next_samples(SAMPLES_PER_FRAME), index)
 
     def _next_samples(self, count: int) -> np.ndarray:
         out = np.zeros(count, dtype=np.int16)

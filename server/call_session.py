@@ -252,7 +252,7 @@ class CallSession:
 
     async def _store_unanswered_speech(self) -> None:
         """Store the caller's speech that no turn took up: turns still queued and the
-        utterance in progress when the call ended. Nobody is left to hear a reply."""
+        utterance in progress when the call ended. No caller remains to hear a reply."""
         utterances = []
         while not self._turns.empty():
             utterances.append(self._turns.get_nowait().utterance)

@@ -7,10 +7,8 @@ import asyncio
 import json
 import logging
 import time
-import wave
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,7 +23,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 
 from media.file_track import FileAudioTrack, find_speech_end_s
-from media.frames import WEBRTC_RATE_HZ, MonoResampler, read_audio_file
+from media.frames import WEBRTC_RATE_HZ, MonoResampler, read_audio_file, resample_samples
 from media.jitter import shorten_audio_jitter_buffers
 
 logger = logging.getLogger(__name__)
@@ -120,9 +118,10 @@ async def place_call(
     hang_up_when, given the events so far, can end the call early (for example mid-reply).
     channel_messages are sent on the data channel as soon as it opens.
     """
-    speech_16k = await asyncio.to_thread(read_audio_file, audio_path, 16000)
-    speech_end_s = await asyncio.to_thread(find_speech_end_s, speech_16k)
+    # Decoded once; the 16 kHz copy is for finding where the speech in the file ends.
     speech_48k = await asyncio.to_thread(read_audio_file, audio_path, WEBRTC_RATE_HZ)
+    speech_16k = await asyncio.to_thread(resample_samples, speech_48k, WEBRTC_RATE_HZ, 16000)
+    speech_end_s = await asyncio.to_thread(find_speech_end_s, speech_16k)
     track = FileAudioTrack(speech_48k, speech_end_s)
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     recorder = ReplyRecorder()
@@ -251,11 +250,3 @@ def _count(events: list[dict[str, Any]], event_type: str, role: str) -> int:
     return sum(
         1 for e in events if e.get("type") == event_type and e.get("data", {}).get("role") == role
     )
-
-
-def write_wav(path: Path, samples: np.ndarray, rate_hz: int = WEBRTC_RATE_HZ) -> None:
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(rate_hz)
-        wav.writeframes(np.ascontiguousarray(samples, dtype=np.int16).tobytes())

@@ -120,7 +120,8 @@ def _http_url(host: str, port: int) -> str:
 
 
 def _call(args: argparse.Namespace) -> int:
-    from server.caller import CallResult, place_call, write_wav
+    from media.frames import WEBRTC_RATE_HZ, write_wav
+    from server.caller import CallResult, place_call
     from server.ice import restrict_host_addresses
 
     restrict_host_addresses(_caller_media_addresses(args.server))
@@ -140,7 +141,7 @@ def _call(args: argparse.Namespace) -> int:
         raise CommandError(f"call to {args.server} failed: {exc}") from exc
 
     if args.out:
-        write_wav(args.out, result.reply_audio)
+        write_wav(args.out, result.reply_audio, WEBRTC_RATE_HZ)
     _print_result(result.summary(), as_json=args.json)
     return 0
 

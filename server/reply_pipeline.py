@@ -55,7 +55,7 @@ class ChunkState:
     chunk: ReplyChunk
     chunk_id: uuid.UUID = field(default_factory=uuid.uuid4)
     status: str = "pending"
-    # Set once the chunk's row exists and chunk:generated is sent; synthesis starts before.
+    # Set once the chunk's row exists and chunk:generated is sent. Synthesis starts earlier.
     stored: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -107,7 +107,7 @@ class ReplyPipeline:
         await self._store_outcome(status)
 
     async def _generate(self, messages: list[ChatMessage]) -> str:
-        """Stream the model into chunks; return the reply's status."""
+        """Stream the model into chunks and return the reply's status."""
         settings = self._services.settings
         options = GenerationOptions(
             max_tokens=settings.llm_max_reply_tokens, temperature=settings.llm_temperature
@@ -271,16 +271,19 @@ class ReplyPipeline:
         self._first_audio_sent.set()
 
     async def _store_outcome(self, status: str) -> None:
-        if self._message is None:
+        """Store the reply's final content and status, then send it as message:received."""
+        message = self._message
+        if message is None:
             return
         pool = self._services.pool
         spoken = any(state.status == "completed" for state in self._chunks)
         if status != "interrupted" and spoken and self._track is not None:
-            # The first chunk leaves within a frame or two; wait so its time is reported.
+            # The first chunk leaves within a frame or two, so a short wait gets its time.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._first_audio_sent.wait(), 1.0)
         if status == "interrupted":
-            await reset_unfinished_chunks(pool, self._message.id)
+            await reset_unfinished_chunks(pool, message.id)
+
         # NOTE: an interrupted reply's content contains every generated chunk, spoken or not.
         # Storing only what the caller heard needs the track's playout position per chunk.
         content = " ".join(state.chunk.text for state in self._chunks)
@@ -290,15 +293,16 @@ class ReplyPipeline:
             "level": self._level,
             "timingsMs": self._clock.report(),
         }
-        await finish_message(pool, self._message.id, content, metadata)
+        await finish_message(pool, message.id, content, metadata)
+
         await self._services.bus.publish(
             self._conversation_id,
             "message:received",
             {
-                "messageId": str(self._message.id),
+                "messageId": str(message.id),
                 "role": "assistant",
                 "content": content,
-                "sequenceNumber": self._message.sequence_number,
+                "sequenceNumber": message.sequence_number,
                 "chunks": [self._chunk_json(state) for state in self._chunks],
                 "metadata": metadata,
             },
@@ -306,7 +310,7 @@ class ReplyPipeline:
         logger.info(
             "conversation %s: reply %s %s with %d chunks",
             self._conversation_id,
-            self._message.id,
+            message.id,
             status,
             len(self._chunks),
         )

@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-import wave
 from pathlib import Path
 
 import numpy as np
+
+from media.frames import write_wav
 
 FILE_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 
@@ -35,13 +36,8 @@ class AudioFileStore:
         file_id = uuid.uuid4().hex
         path = self.root / file_id[:2] / f"{file_id}.wav"
         path.parent.mkdir(parents=True, exist_ok=True)
-        pcm = np.ascontiguousarray(samples, dtype=np.int16)
         partial = path.with_suffix(".part")
-        with wave.open(str(partial), "wb") as wav:
-            wav.setnchannels(1)
-            wav.setsampwidth(2)
-            wav.setframerate(sample_rate_hz)
-            wav.writeframes(pcm.tobytes())
+        write_wav(partial, samples, sample_rate_hz)
         # Rename last, so a reader never sees a half-written file under the real name.
         partial.replace(path)
-        return file_id, len(pcm) / sample_rate_hz
+        return file_id, len(samples) / sample_rate_hz

@@ -119,6 +119,7 @@ class RunningServer:
 async def start_server(tmp_path: Path, admin_dsn: str, **env_overrides: str) -> RunningServer:
     """Start `parley serve` on a free port with a fresh database; wait for /healthz."""
     dsn = await create_database(admin_dsn)
+
     port = free_port()
     data_dir = tmp_path / f"data-{port}"
     data_dir.mkdir(parents=True)
@@ -132,9 +133,11 @@ async def start_server(tmp_path: Path, admin_dsn: str, **env_overrides: str) -> 
         "PARLEY_OLLAMA_PROBE_TIMEOUT_S": "1",
         **env_overrides,
     }
+
     log_path = tmp_path / f"server-{port}.log"
     process = await asyncio.to_thread(_spawn_server, port, env, log_path)
     server = RunningServer(f"http://127.0.0.1:{port}", dsn, data_dir, log_path, process)
+
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -207,21 +207,6 @@ async def test_duplicate_message_sequence_is_rejected(connection: asyncpg.Connec
     assert raised.value.constraint_name == "unique_conversation_sequence"
 
 
-async def test_invalid_role_is_rejected(connection: asyncpg.Connection) -> None:
-    conversation_id = await new_conversation(connection)
-
-    with pytest.raises(asyncpg.CheckViolationError) as raised:
-        await connection.execute(
-            """
-            INSERT INTO messages (conversation_id, role, content, sequence_number)
-            VALUES ($1, 'robot', 'hi', 1)
-            """,
-            conversation_id,
-        )
-
-    assert raised.value.constraint_name == "valid_role"
-
-
 async def test_invalid_chunk_emotion_is_rejected(connection: asyncpg.Connection) -> None:
     message_id = await new_message(connection, await new_conversation(connection), 1)
 
@@ -251,35 +236,43 @@ async def test_duplicate_chunk_index_is_rejected(connection: asyncpg.Connection)
     assert raised.value.constraint_name == "unique_message_chunk"
 
 
-async def test_inverted_summary_range_is_rejected(connection: asyncpg.Connection) -> None:
-    conversation_id = await new_conversation(connection)
-
-    with pytest.raises(asyncpg.CheckViolationError) as raised:
-        await connection.execute(
+@pytest.mark.parametrize(
+    ("insert", "constraint"),
+    [
+        (
+            """
+            INSERT INTO messages (conversation_id, role, content, sequence_number)
+            VALUES ($1, 'robot', 'hi', 1)
+            """,
+            "valid_role",
+        ),
+        (
             """
             INSERT INTO conversation_summaries
                 (conversation_id, summary_text, message_range_start, message_range_end)
             VALUES ($1, 'summary', 10, 2)
             """,
-            conversation_id,
-        )
-
-    assert raised.value.constraint_name == "valid_range"
-
-
-async def test_confidence_above_one_is_rejected(connection: asyncpg.Connection) -> None:
-    conversation_id = await new_conversation(connection)
-
-    with pytest.raises(asyncpg.CheckViolationError) as raised:
-        await connection.execute(
+            "valid_range",
+        ),
+        (
             """
             INSERT INTO conversation_key_facts (conversation_id, fact_type, fact_text, confidence)
             VALUES ($1, 'name', 'Ana', 1.5)
             """,
-            conversation_id,
-        )
+            "valid_confidence",
+        ),
+    ],
+    ids=["invalid-role", "inverted-summary-range", "confidence-above-one"],
+)
+async def test_bad_conversation_row_is_rejected(
+    connection: asyncpg.Connection, insert: str, constraint: str
+) -> None:
+    conversation_id = await new_conversation(connection)
 
-    assert raised.value.constraint_name == "valid_confidence"
+    with pytest.raises(asyncpg.CheckViolationError) as raised:
+        await connection.execute(insert, conversation_id)
+
+    assert raised.value.constraint_name == constraint
 
 
 async def test_duplicate_event_seq_is_rejected(connection: asyncpg.Connection) -> None:

@@ -5,7 +5,6 @@ hangs up mid-reply, and no model at all."""
 from __future__ import annotations
 
 import uuid
-import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from media.frames import read_audio_file
+from media.frames import read_audio_file, write_wav
 from server.caller import CallResult, place_call
 from tests.conftest import RunningServer, free_port, speech_file, start_server, stop_server
 from tests.ollama_standin import MODEL, OllamaStandIn, ScriptedReply
@@ -79,11 +78,7 @@ def two_questions(tmp_path: Path) -> Path:
     second = read_audio_file(str(speech_file(SECOND_QUESTION)), 16000)
     gap = np.zeros(int(1.5 * 16000), dtype=np.int16)
     path = tmp_path / "two-questions.wav"
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(16000)
-        wav.writeframes(np.concatenate([first, gap, second]).tobytes())
+    write_wav(path, np.concatenate([first, gap, second]), 16000)
     return path
 
 

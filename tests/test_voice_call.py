@@ -12,7 +12,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from media.frames import read_audio_file
+from media.frames import read_audio_file, write_wav
 from server.caller import AUDIBLE_PEAK, CallResult, place_call
 from tests.conftest import RunningServer, speech_file, start_server, stop_server
 
@@ -183,11 +183,7 @@ async def test_silence_makes_no_turn(embedded_server: RunningServer) -> None:
 async def test_noise_makes_no_turn(embedded_server: RunningServer, tmp_path: Path) -> None:
     noise = read_audio_file(str(speech_file("speechcommands_doing_the_dishes_noise.wav")), 16000)
     excerpt = tmp_path / "noise.wav"
-    with wave.open(str(excerpt), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(16000)
-        wav.writeframes(noise[: 12 * 16000].tobytes())
+    write_wav(excerpt, noise[: 12 * 16000], 16000)
 
     result = await place_call(embedded_server.url, str(excerpt))
     assert "message:received" not in event_types(result)
