@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,9 @@ class LocalServer:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    env: dict[str, str]
+    # Bearer token of the user "bench", created once the server is up.
+    token: str = ""
 
     def log_tail(self, lines: int = 40) -> str:
         text = self.log_path.read_text(errors="replace")
@@ -67,12 +70,17 @@ async def fetch_health(url: str) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def local_server() -> AsyncIterator[LocalServer]:
+async def local_server(
+    extra_env: Mapping[str, str] | None = None,
+) -> AsyncIterator[LocalServer]:
     """Run `parley serve` for the body of the `async with`, then stop it and delete its
-    data folder."""
+    data folder.
+
+    extra_env sets environment variables of the server, over the defaults below.
+    """
     temp_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="parley-bench-"))
     try:
-        server = await _start(temp_dir)
+        server = await _start(temp_dir, extra_env or {})
         try:
             yield server
         finally:
@@ -81,7 +89,7 @@ async def local_server() -> AsyncIterator[LocalServer]:
         await asyncio.to_thread(shutil.rmtree, temp_dir, True)
 
 
-async def _start(temp_dir: Path) -> LocalServer:
+async def _start(temp_dir: Path, extra_env: Mapping[str, str]) -> LocalServer:
     port = free_port()
     data_dir = temp_dir / "data"
     env = {
@@ -91,16 +99,18 @@ async def _start(temp_dir: Path) -> LocalServer:
         # Nothing listens here, so the "auto" backend falls back to llama.cpp at once.
         "OLLAMA_HOST": f"http://127.0.0.1:{free_port()}",
         "PARLEY_OLLAMA_PROBE_TIMEOUT_S": "1",
+        **extra_env,
     }
     # DATABASE_URL passes through when set. Without it, the server starts an embedded
     # PostgreSQL inside data_dir.
     log_path = temp_dir / "server.log"
     process = await asyncio.to_thread(_spawn, port, env, log_path)
-    server = LocalServer(f"http://127.0.0.1:{port}", process, log_path)
+    server = LocalServer(f"http://127.0.0.1:{port}", process, log_path, env)
     logger.info("started parley serve (pid %d) on %s, log %s", process.pid, server.url, log_path)
 
     try:
         await _wait_until_healthy(server)
+        server.token = await asyncio.to_thread(_create_user, env, "bench")
     except BaseException:
         await _stop(server)
         raise
@@ -114,6 +124,21 @@ def _spawn(port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen[b
         return subprocess.Popen(
             command, cwd=REPO_DIR, env=env, stdout=log, stderr=subprocess.STDOUT
         )
+
+
+def _create_user(env: dict[str, str], name: str) -> str:
+    """Create a user with `parley user create` on the server's database; return its token."""
+    done = subprocess.run(
+        [sys.executable, "-m", "server.cli", "user", "create", name],
+        cwd=REPO_DIR,
+        env={**env, "PARLEY_LOG_LEVEL": "WARNING"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"parley user create failed: {done.stderr.strip()}")
+    return done.stdout.strip()
 
 
 async def _wait_until_healthy(server: LocalServer) -> None:

@@ -127,11 +127,14 @@ async def _run(paths: list[Path], server_url: str | None) -> None:
     if server_url is None:
         async with local_server() as server:
             health = await fetch_health(server.url)
-            calls = await _place_calls(server.url, paths)
+            calls = await _place_calls(server.url, server.token, paths)
             loads.append(LoadSample("after the calls", os.getloadavg()))
     else:
         health = await fetch_health(server_url)
-        calls = await _place_calls(server_url, paths)
+        token = os.environ.get("PARLEY_TOKEN", "")
+        if not token:
+            sys.exit("set PARLEY_TOKEN to a token of that server (parley user create NAME)")
+        calls = await _place_calls(server_url, token, paths)
         loads.append(LoadSample("after the calls", os.getloadavg()))
 
     models = TurnModels(LEVEL)
@@ -145,12 +148,14 @@ async def _run(paths: list[Path], server_url: str | None) -> None:
     print_report(calls, works, health, local_names, loads, models.settings.vad_end_silence_ms)
 
 
-async def _place_calls(server_url: str, paths: list[Path]) -> list[CallTiming]:
+async def _place_calls(server_url: str, token: str, paths: list[Path]) -> list[CallTiming]:
     calls = []
     for number, path in enumerate(paths, start=1):
         logger.info("call %d of %d: speaking %s", number, len(paths), path.name)
         try:
-            result = await place_call(server_url, str(path), timeout_s=CALL_TIMEOUT_S, level=LEVEL)
+            result = await place_call(
+                server_url, str(path), token=token, timeout_s=CALL_TIMEOUT_S, level=LEVEL
+            )
         except (TimeoutError, RuntimeError, aiohttp.ClientError) as exc:
             logger.error("call %d (%s) failed: %s", number, path.name, exc)
             failed = CallTiming(

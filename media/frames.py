@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import wave
 from pathlib import Path
+from typing import IO
 
 import av
 import numpy as np
@@ -49,18 +50,28 @@ def samples_to_frame(samples: np.ndarray, rate_hz: int, pts: int | None = None) 
     return frame
 
 
-def read_audio_file(path: str, rate_hz: int) -> np.ndarray:
-    """Decode any file av can read into mono int16 at rate_hz."""
-    with av.open(path) as container:
+def read_audio_file(
+    source: str | IO[bytes], rate_hz: int, *, max_seconds: float | None = None
+) -> np.ndarray:
+    """Decode a file (path or open binary file) that av can read into mono int16 at rate_hz.
+
+    Raises ValueError when it has no audio stream or, with max_seconds, when it is longer:
+    decoding stops there, so a small file that expands to hours never fills memory.
+    """
+    with av.open(source, "r") as container:
         stream = next((s for s in container.streams if s.type == "audio"), None)
         if stream is None:
-            raise ValueError(f"{path} contains no audio stream")
+            raise ValueError("the file contains no audio stream")
         resampler = MonoResampler(rate_hz)
-        pieces = [
-            resampler.resample(frame)
-            for frame in container.decode(stream)
-            if isinstance(frame, av.AudioFrame)
-        ]
+        pieces = []
+        samples = 0
+        for frame in container.decode(stream):
+            if not isinstance(frame, av.AudioFrame):
+                continue
+            pieces.append(resampler.resample(frame))
+            samples += len(pieces[-1])
+            if max_seconds is not None and samples > max_seconds * rate_hz:
+                raise ValueError(f"the audio is longer than {max_seconds:g} s")
         pieces.append(resampler.resample(None))
     return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int16)
 

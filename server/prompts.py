@@ -16,9 +16,10 @@ LEVEL_GUIDANCE = {
 EMOTION_TAGS = "[happy] [encouraging] [neutral] [excited] [calm] [curious] [supportive]"
 
 
-def tutor_system_prompt(level: str) -> str:
+def tutor_system_prompt(level: str, scenario: str | None = None) -> str:
+    """Build the tutor's instructions; a template's scenario, if any, comes last."""
     guidance = LEVEL_GUIDANCE.get(level, LEVEL_GUIDANCE["A1"])
-    return (
+    prompt = (
         "You are Parley, a friendly English tutor talking with a learner by voice. "
         f"The learner's level is {level}, {guidance}. "
         "Answer in one to three short sentences, then ask one simple question to keep the "
@@ -27,3 +28,4 @@ def tutor_system_prompt(level: str) -> str:
         "and put *stars* around the one word to stress. "
         "Example: [happy] Nice to meet you! [curious] What do you *like* to do?"
     )
+    return f"{prompt} {scenario}" if scenario else prompt

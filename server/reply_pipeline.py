@@ -8,17 +8,22 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from media.frames import WEBRTC_RATE_HZ, resample_samples
 from media.tracks import QueuedSpeech, ReplyAudioTrack
 from media.tts import Speech, SynthesisError
 from server.chunking import ReplyChunk, ReplyChunker
+from server.json_views import chunk_audio_json
 from server.llm.base import ChatMessage, GenerationOptions, LLMUnavailableError
 from server.prompts import tutor_system_prompt
-from server.services import Services
 from storage.chunks import insert_chunk, reset_unfinished_chunks, set_tts_status
 from storage.conversations import StoredMessage, finish_message, insert_message, recent_messages
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from server.services import Services
 
 logger = logging.getLogger(__name__)
 
@@ -63,17 +68,21 @@ class ReplyPipeline:
     def __init__(
         self,
         services: Services,
-        conversation_id: uuid.UUID,
-        level: str,
+        conversation: asyncpg.Record,
         *,
         track: ReplyAudioTrack | None,
         clock: TurnClock,
+        speak: bool = True,
         task_name: str = "reply",
     ) -> None:
         self._services = services
-        self._conversation_id = conversation_id
-        self._level = level
+        self._conversation_id: uuid.UUID = conversation["id"]
+        self._level: str = conversation["level"]
+        self._scenario: str | None = (conversation["metadata"] or {}).get("scenario")
+        self._ai_settings: dict[str, Any] = conversation["ai_settings"] or {}
         self._track = track
+        # A reply in a call is always spoken; in text chat the client may skip the audio.
+        self._with_audio = speak or track is not None
         self._clock = clock
         self._task_name = task_name
         self._message: StoredMessage | None = None
@@ -83,6 +92,8 @@ class ReplyPipeline:
         self._first_audio_sent = asyncio.Event()
         # Set once the first chunk's synthesis has ended, whether it succeeded or not.
         self._first_synthesised = asyncio.Event()
+        if not self._with_audio:
+            self._first_synthesised.set()
 
     async def run(self) -> None:
         """Generate and speak the reply to the newest messages of the conversation."""
@@ -90,7 +101,7 @@ class ReplyPipeline:
         history = await recent_messages(
             services.pool, self._conversation_id, services.settings.llm_history_messages
         )
-        messages = [ChatMessage("system", tutor_system_prompt(self._level))]
+        messages = [ChatMessage("system", tutor_system_prompt(self._level, self._scenario))]
         messages += [ChatMessage(row["role"], row["content"]) for row in history]
 
         speaker = asyncio.create_task(self._speak_chunks(), name=f"{self._task_name}-tts")
@@ -109,8 +120,13 @@ class ReplyPipeline:
     async def _generate(self, messages: list[ChatMessage]) -> str:
         """Stream the model into chunks and return the reply's status."""
         settings = self._services.settings
+        # A conversation's ai_settings may lower the server's token cap, never raise it.
         options = GenerationOptions(
-            max_tokens=settings.llm_max_reply_tokens, temperature=settings.llm_temperature
+            max_tokens=min(
+                self._ai_settings.get("max_tokens", settings.llm_max_reply_tokens),
+                settings.llm_max_reply_tokens,
+            ),
+            temperature=self._ai_settings.get("temperature", settings.llm_temperature),
         )
         chunker = ReplyChunker(first_chunk_words=settings.first_chunk_words)
         sentences = 0
@@ -158,7 +174,8 @@ class ReplyPipeline:
         self._clock.mark("first_chunk_ready")
         state = ChunkState(chunk)
         self._chunks.append(state)
-        await self._tts_queue.put(state)
+        if self._with_audio:
+            await self._tts_queue.put(state)
 
         if self._message is None:
             # The assistant message is created with its first chunk, so a model that fails
@@ -254,16 +271,12 @@ class ReplyPipeline:
             pool, state.chunk_id, "completed", audio_file_id=file_id, audio_duration_s=duration_s
         )
         state.status = "completed"
+        # _mark_processing waited for the chunk's row, which is stored after its message.
+        assert self._message is not None
         await services.bus.publish(
             self._conversation_id,
             "chunk:audio-ready",
-            {
-                "chunkId": str(state.chunk_id),
-                "messageId": self._message_ref()["messageId"],
-                "audioFileId": file_id,
-                "audioUrl": f"/api/audio/{file_id}",
-                "duration": round(duration_s, 3),
-            },
+            chunk_audio_json(state.chunk_id, self._message.id, file_id, duration_s),
         )
 
     def _on_audio_start(self, at: float) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import asyncpg
+from aiohttp import web
 
 from media.stt import SpeechToText
 from media.stt import default_model_path as default_stt_model
@@ -19,16 +20,14 @@ from server.llm.base import ChatModel
 from server.llm.selection import open_chat_model
 from server.settings import Settings, SettingsError
 from storage.audio_files import AudioFileStore
-from storage.conversations import ensure_user
 from storage.database import Database, open_database
 
 if TYPE_CHECKING:
     from server.call_session import CallSession
+    from server.conversation_service import ConversationService
+    from server.messaging import MessageService
 
 logger = logging.getLogger(__name__)
-
-# Until users and tokens exist, calls belong to this one local user.
-LOCAL_USER_NAME = "local"
 
 
 @dataclass
@@ -40,17 +39,33 @@ class Services:
     tts: TextToSpeech
     llm: ChatModel
     bus: EventBus
-    local_user_id: uuid.UUID
     segmenter_config: SegmenterConfig
     sessions: dict[str, CallSession] = field(default_factory=dict)
+    websockets: set[web.WebSocketResponse] = field(default_factory=set)
+    # Set by open_services right after construction, because both take the services.
+    conversations: ConversationService = field(init=False)
+    messages: MessageService = field(init=False)
 
     @property
     def pool(self) -> asyncpg.Pool:
         return self.database.pool
 
+    def call_for(self, conversation_id: uuid.UUID) -> CallSession | None:
+        """Return the call on the conversation, if one is running."""
+        for session in self.sessions.values():
+            if session.conversation_id == conversation_id:
+                return session
+        return None
+
+    async def end_calls(self, conversation_id: uuid.UUID, reason: str) -> None:
+        sessions = [s for s in self.sessions.values() if s.conversation_id == conversation_id]
+        for session in sessions:
+            await session.close(reason)
+
     async def close(self) -> None:
         for session in list(self.sessions.values()):
             await session.close("server shutting down")
+        await self.messages.close()
         await self.llm.close()
         self.stt.close()
         self.tts.close()
@@ -79,13 +94,12 @@ async def open_services(settings: Settings) -> Services:
         _, _, llm = await asyncio.gather(
             asyncio.to_thread(stt.load), asyncio.to_thread(tts.load), open_chat_model(settings)
         )
-        local_user_id = await ensure_user(database.pool, LOCAL_USER_NAME)
     except BaseException:
         stt.close()
         tts.close()
         await database.close()
         raise
-    return Services(
+    services = Services(
         settings=settings,
         database=database,
         audio_files=AudioFileStore(settings.audio_dir),
@@ -93,9 +107,15 @@ async def open_services(settings: Settings) -> Services:
         tts=tts,
         llm=llm,
         bus=EventBus(database.pool),
-        local_user_id=local_user_id,
         segmenter_config=segmenter_config,
     )
+    # Imported here: both modules import this one.
+    from server.conversation_service import ConversationService
+    from server.messaging import MessageService
+
+    services.conversations = ConversationService(services)
+    services.messages = MessageService(services)
+    return services
 
 
 def segmenter_config_from(settings: Settings) -> SegmenterConfig:

@@ -81,6 +81,22 @@ class Settings:
     call_turn_queue_size: int = 4
     max_offer_bytes: int = 64 * 1024
 
+    # Client events, on a call's data channel or on /ws.
+    # Longest text message a client may send, in characters.
+    max_message_chars: int = 4000
+    # Largest event in bytes, except a voice message:send, which may be max_voice_event_bytes.
+    max_event_bytes: int = 16 * 1024
+    max_voice_event_bytes: int = 4 * 1024 * 1024
+    max_voice_s: float = 60.0
+    # Each connection may send this many events a second on average, in bursts of burst.
+    client_events_per_s: float = 20.0
+    client_event_burst: int = 40
+    # Events waiting to be written to a slow client; past this the connection is closed
+    # and the client catches up with afterSeq when it reconnects.
+    client_outbox_size: int = 2048
+    # Replies running or waiting per conversation; a message:send past this is rejected.
+    max_waiting_replies: int = 4
+
     @property
     def audio_dir(self) -> Path:
         return self.data_dir / "audio"

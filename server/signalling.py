@@ -11,16 +11,19 @@ from typing import Any
 from aiohttp import web
 from aiortc import RTCSessionDescription
 
+from server.app_keys import SERVICES_KEY
+from server.auth import authenticate
 from server.call_session import CallSession
-from server.errors import ClientError, ConflictError, NotFoundError, PayloadTooLargeError
+from server.errors import ClientError, ConflictError
 from server.ice import filter_remote_candidates
+from server.json_body import parse_uuid, read_body
 from server.prompts import LEVELS
+from server.protocol import CreateConversation
 from server.services import Services
-from storage.conversations import create_conversation, delete_conversation, get_conversation
+from storage.conversations import delete_conversation
 
 logger = logging.getLogger(__name__)
 
-SERVICES_KEY = web.AppKey("services", Services)
 OFFER_FIELDS = {"sdp", "type", "conversationId", "level", "title"}
 
 
@@ -28,17 +31,17 @@ OFFER_FIELDS = {"sdp", "type", "conversationId", "level", "title"}
 class Offer:
     sdp: str
     conversation_id: uuid.UUID
-    level: str
     # True when this offer created the conversation, so a failed offer removes it again.
     created: bool
 
 
 async def handle_offer(request: web.Request) -> web.Response:
     services = request.app[SERVICES_KEY]
+    user_id = await authenticate(services, request)
     body = await _read_json(request, services.settings.max_offer_bytes)
-    offer = await _parse_offer(services, body)
+    offer = await _parse_offer(services, user_id, body)
 
-    session = CallSession(services, offer.conversation_id, offer.level)
+    session = CallSession(services, offer.conversation_id, user_id)
     services.sessions[session.id] = session
     try:
         sdp = filter_remote_candidates(offer.sdp, services.settings.effective_media_addresses)
@@ -65,11 +68,7 @@ async def handle_offer(request: web.Request) -> web.Response:
 
 
 async def _read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise PayloadTooLargeError(f"request body is over {max_bytes} bytes")
-    raw = await request.content.read(max_bytes + 1)
-    if len(raw) > max_bytes:
-        raise PayloadTooLargeError(f"request body is over {max_bytes} bytes")
+    raw = await read_body(request, max_bytes)
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError) as exc:
@@ -79,7 +78,7 @@ async def _read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
     return body
 
 
-async def _parse_offer(services: Services, body: dict[str, Any]) -> Offer:
+async def _parse_offer(services: Services, user_id: uuid.UUID, body: dict[str, Any]) -> Offer:
     """Validate the offer body, creating a conversation when none is named.
 
     Plain fields are checked first and the SDP's structure last, so each bad request gets
@@ -94,7 +93,7 @@ async def _parse_offer(services: Services, body: dict[str, Any]) -> Offer:
     if not isinstance(sdp, str) or not sdp.strip():
         raise ClientError("field 'sdp' is missing or not a string")
     raw_id = body.get("conversationId")
-    conversation_id = _parse_uuid(raw_id) if raw_id is not None else None
+    conversation_id = parse_uuid(raw_id, "conversationId") if raw_id is not None else None
     level = body.get("level", "A1")
     if isinstance(level, str):
         level = level.upper()
@@ -104,17 +103,16 @@ async def _parse_offer(services: Services, body: dict[str, Any]) -> Offer:
     _check_sdp(sdp)
 
     if conversation_id is not None:
-        row = await get_conversation(services.pool, conversation_id)
-        if row is None or row["user_id"] != services.local_user_id:
-            raise NotFoundError(f"conversation {conversation_id} not found")
-        if any(s.conversation_id == conversation_id for s in services.sessions.values()):
+        # A paused conversation is resumed by the call; a closed one takes no call.
+        await services.conversations.open_for_messages(user_id, conversation_id)
+        if services.call_for(conversation_id) is not None:
             raise ConflictError(f"conversation {conversation_id} already has a call")
-        return Offer(sdp, conversation_id, row["level"], created=False)
+        return Offer(sdp, conversation_id, created=False)
 
-    row = await create_conversation(
-        services.pool, services.local_user_id, title=title or "Voice call", level=level
+    created = await services.conversations.create(
+        user_id, CreateConversation(title=title or "Voice call", level=level)
     )
-    return Offer(sdp, row["id"], level, created=True)
+    return Offer(sdp, uuid.UUID(created["conversationId"]), created=True)
 
 
 def _check_sdp(sdp: str) -> None:
@@ -126,13 +124,6 @@ def _check_sdp(sdp: str) -> None:
     # aiortc accepts an offer without a fingerprint, then fails inside DTLS later.
     if not any(line.startswith("a=fingerprint:") for line in lines):
         raise ClientError("the offer has no DTLS fingerprint", code="invalid_sdp")
-
-
-def _parse_uuid(raw: Any) -> uuid.UUID:
-    try:
-        return uuid.UUID(str(raw))
-    except ValueError as exc:
-        raise ClientError(f"conversationId {str(raw)[:40]!r} is not a UUID") from exc
 
 
 def _check_text(value: Any, name: str, max_chars: int) -> str | None:

@@ -41,3 +41,16 @@ class AudioFileStore:
         # Rename last, so a reader never sees a half-written file under the real name.
         partial.replace(path)
         return file_id, len(samples) / sample_rate_hz
+
+    async def delete(self, file_ids: list[str]) -> int:
+        """Remove stored files off the event loop; return how many existed."""
+        return await asyncio.to_thread(self._delete_blocking, file_ids)
+
+    def _delete_blocking(self, file_ids: list[str]) -> int:
+        removed = 0
+        for file_id in file_ids:
+            path = self.path_for(file_id)
+            if path is not None and path.is_file():
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed

@@ -19,45 +19,136 @@ class StoredMessage:
     created_at: Any
 
 
-async def ensure_user(pool: asyncpg.Pool, name: str) -> uuid.UUID:
-    """Return the id of the user called name, creating the row on first use."""
-    user_id: uuid.UUID = await pool.fetchval(
-        """
-        INSERT INTO users (name) VALUES ($1)
-        ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
-        RETURNING id
-        """,
-        name,
-    )
-    return user_id
+# Every column a client may see.
+CONVERSATION_COLUMNS = """
+    id, user_id, title, level, status, metadata, created_at, updated_at, last_message_at,
+    memory_strategy, max_context_messages, max_context_tokens, auto_summarize,
+    summarize_threshold, ai_settings, last_message_seq, last_event_seq
+"""
+
+# Settings a client may change with conversation:update, by column name.
+SETTINGS_COLUMNS = (
+    "title",
+    "level",
+    "ai_settings",
+    "memory_strategy",
+    "max_context_messages",
+    "max_context_tokens",
+    "auto_summarize",
+    "summarize_threshold",
+)
 
 
 async def create_conversation(
-    pool: asyncpg.Pool, user_id: uuid.UUID, *, title: str | None = None, level: str = "A1"
+    pool: asyncpg.Pool,
+    user_id: uuid.UUID,
+    *,
+    title: str | None = None,
+    level: str = "A1",
+    metadata: dict[str, Any] | None = None,
 ) -> asyncpg.Record:
     row: asyncpg.Record = await pool.fetchrow(
-        """
-        INSERT INTO conversations (user_id, title, level) VALUES ($1, $2, $3)
-        RETURNING id, user_id, title, level, status, created_at
+        f"""
+        INSERT INTO conversations (user_id, title, level, metadata) VALUES ($1, $2, $3, $4)
+        RETURNING {CONVERSATION_COLUMNS}
         """,
         user_id,
         title,
         level,
+        metadata,
     )
     return row
 
 
 async def get_conversation(pool: asyncpg.Pool, conversation_id: uuid.UUID) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await pool.fetchrow(
-        "SELECT id, user_id, title, level, status, created_at FROM conversations WHERE id = $1",
-        conversation_id,
+        f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = $1", conversation_id
     )
     return row
 
 
-async def delete_conversation(pool: asyncpg.Pool, conversation_id: uuid.UUID) -> None:
-    """Delete a conversation and, by cascade, its messages, chunks and events."""
-    await pool.execute("DELETE FROM conversations WHERE id = $1", conversation_id)
+async def list_conversations(
+    pool: asyncpg.Pool, user_id: uuid.UUID, *, status: str | None, limit: int, offset: int
+) -> tuple[list[asyncpg.Record], int]:
+    """Return one page of the user's conversations, most recently updated first, and how
+    many match in all."""
+    async with pool.acquire() as connection:
+        rows = await connection.fetch(
+            f"""
+            SELECT {CONVERSATION_COLUMNS} FROM conversations
+            WHERE user_id = $1 AND ($2::text IS NULL OR status = $2)
+            ORDER BY updated_at DESC, id LIMIT $3 OFFSET $4
+            """,
+            user_id,
+            status,
+            limit,
+            offset,
+        )
+        total = await connection.fetchval(
+            """
+            SELECT count(*) FROM conversations
+            WHERE user_id = $1 AND ($2::text IS NULL OR status = $2)
+            """,
+            user_id,
+            status,
+        )
+    return list(rows), int(total)
+
+
+async def change_status(
+    pool: asyncpg.Pool, conversation_id: uuid.UUID, status: str, allowed_from: tuple[str, ...]
+) -> asyncpg.Record | None:
+    """Set the status if the current one is in allowed_from; return the updated row, or
+    None when the conversation has another status or no longer exists."""
+    row: asyncpg.Record | None = await pool.fetchrow(
+        f"""
+        UPDATE conversations SET status = $2, updated_at = now()
+        WHERE id = $1 AND status = ANY($3::text[])
+        RETURNING {CONVERSATION_COLUMNS}
+        """,
+        conversation_id,
+        status,
+        list(allowed_from),
+    )
+    return row
+
+
+async def update_settings(
+    pool: asyncpg.Pool, conversation_id: uuid.UUID, changes: dict[str, Any]
+) -> asyncpg.Record | None:
+    """Set the given SETTINGS_COLUMNS; return the updated row, or None if it is gone."""
+    unknown = set(changes) - set(SETTINGS_COLUMNS)
+    if unknown:
+        raise ValueError(f"not a settings column: {sorted(unknown)}")
+    assignments = ", ".join(f"{column} = ${i}" for i, column in enumerate(changes, start=2))
+    row: asyncpg.Record | None = await pool.fetchrow(
+        f"""
+        UPDATE conversations SET {assignments}, updated_at = now() WHERE id = $1
+        RETURNING {CONVERSATION_COLUMNS}
+        """,
+        conversation_id,
+        *changes.values(),
+    )
+    return row
+
+
+async def delete_conversation(pool: asyncpg.Pool, conversation_id: uuid.UUID) -> list[str]:
+    """Delete a conversation and, by cascade, its messages, chunks and events; return the
+    ids of the audio files they referred to, for the caller to remove from disk."""
+    async with pool.acquire() as connection, connection.transaction():
+        rows = await connection.fetch(
+            """
+            SELECT audio_file_id FROM messages
+            WHERE conversation_id = $1 AND audio_file_id IS NOT NULL
+            UNION
+            SELECT chunks.audio_file_id FROM message_chunks chunks
+            JOIN messages ON messages.id = chunks.message_id
+            WHERE messages.conversation_id = $1 AND chunks.audio_file_id IS NOT NULL
+            """,
+            conversation_id,
+        )
+        await connection.execute("DELETE FROM conversations WHERE id = $1", conversation_id)
+    return [row["audio_file_id"] for row in rows]
 
 
 async def insert_message(

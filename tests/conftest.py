@@ -28,6 +28,9 @@ import pytest
 from server.ice import restrict_host_addresses
 from storage.database import init_connection
 from storage.embedded_postgres import EmbeddedPostgres
+from storage.users import create_user
+from tests.ollama_standin import MODEL as OLLAMA_MODEL
+from tests.ollama_standin import OllamaStandIn
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 AUDIO_DIR = Path(os.environ.get("PARLEY_TEST_AUDIO_DIR", REPO_DIR.parent / "shared" / "audio"))
@@ -87,7 +90,17 @@ class RunningServer:
     data_dir: Path
     log_path: Path
     process: subprocess.Popen[bytes]
+    # The bearer token of the user "tester", created with the server.
+    token: str = ""
     _pool: asyncpg.Pool | None = field(default=None, repr=False)
+
+    async def create_user(self, name: str) -> str:
+        """Create a user in the server's database; return its bearer token."""
+        _user_id, token = await create_user(await self.db(), name)
+        return token
+
+    def auth(self, token: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token or self.token}"}
 
     async def health(self) -> dict[str, Any]:
         async with aiohttp.ClientSession() as http, http.get(self.url + "/healthz") as response:
@@ -146,6 +159,7 @@ async def start_server(tmp_path: Path, admin_dsn: str, **env_overrides: str) -> 
             )
         try:
             await server.health()
+            server.token = await server.create_user("tester")
             return server
         except aiohttp.ClientError:
             await asyncio.sleep(0.3)
@@ -181,5 +195,32 @@ async def embedded_server(
 ) -> AsyncIterator[RunningServer]:
     """A server on the embedded defaults: Whisper tiny.en, SmolLM2 and the joe voice."""
     server = await start_server(tmp_path_factory.mktemp("server"), postgres_admin_dsn)
+    yield server
+    await stop_server(server)
+
+
+@pytest.fixture(scope="module")
+async def standin() -> AsyncIterator[OllamaStandIn]:
+    """A stand-in Ollama on loopback: scripted, instant replies through the real client."""
+    server = OllamaStandIn()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture(scope="module")
+async def chat_server(
+    tmp_path_factory: pytest.TempPathFactory, postgres_admin_dsn: str, standin: OllamaStandIn
+) -> AsyncIterator[RunningServer]:
+    """A server whose replies come from the stand-in, with room for many quick requests."""
+    server = await start_server(
+        tmp_path_factory.mktemp("chat-server"),
+        postgres_admin_dsn,
+        OLLAMA_HOST=standin.url,
+        PARLEY_OLLAMA_MODEL=OLLAMA_MODEL,
+        PARLEY_MAX_WAITING_REPLIES="20",
+        PARLEY_CLIENT_EVENTS_PER_S="200",
+        PARLEY_CLIENT_EVENT_BURST="200",
+    )
     yield server
     await stop_server(server)

@@ -36,7 +36,7 @@ def run_parley(*args: str, timeout_s: float = 120, **env: str) -> subprocess.Com
 
 
 def test_call_with_missing_file_fails_cleanly(tmp_path: Path) -> None:
-    result = run_parley("call", "--audio", str(tmp_path / "nope.wav"))
+    result = run_parley("call", "--token", "t", "--audio", str(tmp_path / "nope.wav"))
     assert result.returncode == 1
     assert "nope.wav not found" in result.stderr
     assert "Traceback" not in result.stderr
@@ -44,7 +44,9 @@ def test_call_with_missing_file_fails_cleanly(tmp_path: Path) -> None:
 
 def test_call_to_absent_server_fails_cleanly() -> None:
     audio = str(speech_file("speechcommands_yes_1s_en.wav"))
-    result = run_parley("call", "--audio", audio, "--server", f"http://127.0.0.1:{free_port()}")
+    result = run_parley(
+        "call", "--token", "t", "--audio", audio, "--server", f"http://127.0.0.1:{free_port()}"
+    )
     assert result.returncode == 1
     assert "call to http://127.0.0.1:" in result.stderr
     assert "Traceback" not in result.stderr
@@ -89,7 +91,15 @@ def test_serve_rejects_bad_setting(tmp_path: Path, variable: str, value: str, me
 
 def test_call_json_prints_summary(embedded_server: RunningServer) -> None:
     audio = str(speech_file("librispeech_251-137823-0003_en.wav"))
-    result = run_parley("call", "--audio", audio, "--server", embedded_server.url, "--json")
+    result = run_parley(
+        "call",
+        "--audio",
+        audio,
+        "--server",
+        embedded_server.url,
+        "--json",
+        PARLEY_TOKEN=embedded_server.token,
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert set(summary) == SUMMARY_KEYS

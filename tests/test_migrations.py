@@ -11,15 +11,17 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from storage.conversations import create_conversation, ensure_user, insert_message
+from storage.conversations import create_conversation, insert_message
 from storage.database import init_connection, upgrade_schema
+from storage.users import UserExistsError, create_user, issue_token, token_digest, user_for_token
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 ALEMBIC = REPO_DIR / ".venv" / "bin" / "alembic"
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 
 TABLES = {
     "users",
+    "user_tokens",
     "conversations",
     "messages",
     "message_chunks",
@@ -51,6 +53,7 @@ CONSTRAINTS = {
     ("unique_branch", "conversation_branches", "u"),
     ("valid_reaction", "message_reactions", "c"),
     ("unique_conversation_event_seq", "conversation_events", "u"),
+    ("unique_token_sha256", "user_tokens", "u"),
 }
 
 SEARCH_INDEXES = {
@@ -327,7 +330,7 @@ async def test_alembic_downgrade_then_upgrade(
 
 
 async def test_concurrent_inserts_get_consecutive_sequence(pool: asyncpg.Pool) -> None:
-    user_id = await ensure_user(pool, "ana")
+    user_id, _token = await create_user(pool, "ana")
     conversation = await create_conversation(pool, user_id, title="Ordering coffee")
 
     stored = await asyncio.gather(
@@ -349,11 +352,32 @@ async def test_concurrent_inserts_get_consecutive_sequence(pool: asyncpg.Pool) -
     assert counter == 20
 
 
-async def test_ensure_user_returns_same_id(pool: asyncpg.Pool) -> None:
-    first = await ensure_user(pool, "ben")
-    second = await ensure_user(pool, "ben")
+async def test_token_finds_its_user(pool: asyncpg.Pool) -> None:
+    user_id, token = await create_user(pool, "ben")
+    second = await issue_token(pool, "ben")
+    stored = await pool.fetch("SELECT token_sha256 FROM user_tokens WHERE user_id = $1", user_id)
 
-    assert first == second
+    assert second is not None and second != token
+    assert (await user_for_token(pool, token))["id"] == user_id
+    assert (await user_for_token(pool, second))["id"] == user_id
+    assert await user_for_token(pool, token + "x") is None
+    assert {row["token_sha256"] for row in stored} == {token_digest(token), token_digest(second)}
+    assert token not in {row["token_sha256"] for row in stored}, "only digests are stored"
+
+
+async def test_duplicate_user_name_rejected(pool: asyncpg.Pool) -> None:
+    await create_user(pool, "cleo")
+    with pytest.raises(UserExistsError):
+        await create_user(pool, "cleo")
+    assert await issue_token(pool, "nobody") is None
+
+
+async def test_builtin_templates_are_seeded(pool: asyncpg.Pool) -> None:
+    rows = await pool.fetch("SELECT name, level, initial_message FROM conversation_templates")
+
+    assert len(rows) == 4
+    assert {row["level"] for row in rows} == {"A1", "A2", "B2", "C1"}
+    assert all(row["initial_message"] for row in rows)
 
 
 async def test_insert_into_missing_conversation_raises(pool: asyncpg.Pool) -> None:

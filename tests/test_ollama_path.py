@@ -22,14 +22,6 @@ SECOND_QUESTION = "librispeech_251-137823-0003_en.wav"
 
 
 @pytest.fixture(scope="module")
-async def standin() -> AsyncIterator[OllamaStandIn]:
-    server = OllamaStandIn()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture(scope="module")
 async def ollama_server(
     tmp_path_factory: pytest.TempPathFactory, postgres_admin_dsn: str, standin: OllamaStandIn
 ) -> AsyncIterator[RunningServer]:
@@ -95,7 +87,9 @@ async def test_ollama_reply_becomes_tagged_chunks(
             ["[happy] Well", " done", "! [cur", "ious] What is your *favourite*", " food?"]
         )
     )
-    result = await place_call(ollama_server.url, str(speech_file(SHORT_QUESTION)))
+    result = await place_call(
+        ollama_server.url, token=ollama_server.token, audio_path=str(speech_file(SHORT_QUESTION))
+    )
 
     assert "testing routine" in result.user_transcript.lower()
     assert result.reply_text == "Well done! What is your favourite food?"
@@ -129,7 +123,9 @@ async def test_unspeakable_chunk_fails_alone(
     standin.replies.append(
         ScriptedReply(["[happy] Good work.", " ١٢٣.", " [calm] Let us count again", " together."])
     )
-    result = await place_call(ollama_server.url, str(speech_file(SHORT_QUESTION)))
+    result = await place_call(
+        ollama_server.url, token=ollama_server.token, audio_path=str(speech_file(SHORT_QUESTION))
+    )
 
     errors = events_of(result, "conversation:error")
     assert [e["code"] for e in errors] == ["tts_failed"]
@@ -151,7 +147,9 @@ async def test_model_failure_mid_reply_keeps_call_going(
 ) -> None:
     standin.replies.append(ScriptedReply(["[happy] Hello", " there!", " I am"], fail_after=2))
     standin.replies.append(ScriptedReply(["[calm] Yes,", " I heard you this time."]))
-    result = await place_call(ollama_server.url, str(two_questions(tmp_path)))
+    result = await place_call(
+        ollama_server.url, token=ollama_server.token, audio_path=str(two_questions(tmp_path))
+    )
 
     errors = events_of(result, "conversation:error")
     assert [e["code"] for e in errors] == ["llm_unavailable"]
@@ -178,7 +176,8 @@ async def test_hang_up_mid_reply_stores_true_status(
     standin.replies.append(ScriptedReply(sentences, delay_s=0.4))
     result = await place_call(
         ollama_server.url,
-        str(speech_file(SHORT_QUESTION)),
+        token=ollama_server.token,
+        audio_path=str(speech_file(SHORT_QUESTION)),
         hang_up_when=lambda events: any(e["type"] == "chunk:audio-ready" for e in events),
     )
     health = await ollama_server.wait_for_idle()
@@ -210,7 +209,9 @@ async def test_no_model_answers_llm_unavailable(tmp_path: Path, postgres_admin_d
     )
     try:
         assert (await server.health())["llm"] == "unavailable"
-        result = await place_call(server.url, str(speech_file(SHORT_QUESTION)))
+        result = await place_call(
+            server.url, token=server.token, audio_path=str(speech_file(SHORT_QUESTION))
+        )
         messages = await fetch_messages(server, result.conversation_id)
         health = await server.health()
     finally:

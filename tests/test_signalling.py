@@ -59,7 +59,9 @@ async def post_offer(server: RunningServer, body: Any) -> tuple[int, dict[str, A
     async with (
         aiohttp.ClientSession() as http,
         http.post(
-            server.url + "/api/rtc/offer", data=data, headers={"Content-Type": "application/json"}
+            server.url + "/api/rtc/offer",
+            data=data,
+            headers={"Content-Type": "application/json", **server.auth()},
         ) as response,
     ):
         payload: dict[str, Any] = await response.json()
@@ -150,8 +152,10 @@ async def test_rejected_offers_leave_no_session(server: RunningServer) -> None:
 
 async def test_second_call_continues_conversation(server: RunningServer) -> None:
     question = str(speech_file("librispeech_251-137823-0002_en.wav"))
-    first = await place_call(server.url, question, level="B2")
-    second = await place_call(server.url, question, conversation_id=first.conversation_id)
+    first = await place_call(server.url, token=server.token, audio_path=question, level="B2")
+    second = await place_call(
+        server.url, token=server.token, audio_path=question, conversation_id=first.conversation_id
+    )
     assert second.conversation_id == first.conversation_id
 
     pool = await server.db()
@@ -187,7 +191,8 @@ async def test_bad_channel_messages_get_errors(server: RunningServer) -> None:
     question = str(speech_file("librispeech_251-137823-0002_en.wav"))
     result = await place_call(
         server.url,
-        question,
+        token=server.token,
+        audio_path=question,
         channel_messages=[
             "{not json",
             '{"type": "nope", "data": {}}',
@@ -204,7 +209,7 @@ async def test_bad_channel_messages_get_errors(server: RunningServer) -> None:
 
 async def test_second_call_on_busy_conversation_rejected(server: RunningServer) -> None:
     question = str(speech_file("librispeech_251-137823-0002_en.wav"))
-    first = await place_call(server.url, question)
+    first = await place_call(server.url, token=server.token, audio_path=question)
     status, payload = await post_offer(
         server,
         {"sdp": await audio_offer(), "type": "offer", "conversationId": first.conversation_id},
@@ -247,7 +252,10 @@ async def test_speech_cut_by_hang_up_is_stored(server: RunningServer) -> None:
     jfk = str(speech_file("jfk_inaugural_1961_male_en.wav"))
     hang_up_at = time.monotonic() + 7.0
     result = await place_call(
-        server.url, jfk, hang_up_when=lambda events: time.monotonic() > hang_up_at
+        server.url,
+        token=server.token,
+        audio_path=jfk,
+        hang_up_when=lambda events: time.monotonic() > hang_up_at,
     )
     await server.wait_for_idle()
 
@@ -263,16 +271,26 @@ async def test_speech_cut_by_hang_up_is_stored(server: RunningServer) -> None:
     assert messages[0]["metadata"]["unanswered"] is True
 
 
+def codes_with_seq(events: list[dict[str, Any]]) -> list[str]:
+    return [e["data"]["code"] for e in events if e["type"] == "conversation:error" and "seq" in e]
+
+
 async def test_channel_flood_is_rate_limited(server: RunningServer) -> None:
     question = str(speech_file("librispeech_251-137823-0002_en.wav"))
     flood = [json.dumps({"type": f"spam-{n}", "data": {}}) for n in range(200)]
-    result = await place_call(server.url, question, channel_messages=flood)
+    result = await place_call(
+        server.url, token=server.token, audio_path=question, channel_messages=flood
+    )
 
     codes = [e["data"]["code"] for e in result.events if e["type"] == "conversation:error"]
     assert "rate_limited" in codes
     assert codes.count("unknown_event") < 100, "most of the flood is dropped"
-    seqs = [event["seq"] for event in result.events]
+    seqs = [event["seq"] for event in result.events if "seq" in event]
     assert seqs == sorted(seqs), "events arrive in seq order"
+    logged_errors = [
+        e for e in codes_with_seq(result.events) if e in ("rate_limited", "unknown_event")
+    ]
+    assert logged_errors == [], "errors answering bad messages go to that connection only"
     assert "testing routine" in result.user_transcript.lower(), "the call went on"
 
 
@@ -286,7 +304,7 @@ async def test_wrong_method_gets_json_405(server: RunningServer) -> None:
 
 async def test_audio_id_with_newline_is_invalid(server: RunningServer) -> None:
     url = server.url + "/api/audio/" + "a" * 32 + "%0A"
-    async with aiohttp.ClientSession() as http, http.get(url) as response:
+    async with aiohttp.ClientSession() as http, http.get(url, headers=server.auth()) as response:
         payload = await response.json()
         assert response.status == 400
         assert payload["code"] == "invalid_field"

@@ -33,7 +33,9 @@ def events_of(result: CallResult, event_type: str) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 async def jfk_call(embedded_server: RunningServer) -> CallResult:
-    return await place_call(embedded_server.url, str(speech_file(JFK)))
+    return await place_call(
+        embedded_server.url, token=embedded_server.token, audio_path=str(speech_file(JFK))
+    )
 
 
 async def test_jfk_transcript_reaches_caller(jfk_call: CallResult) -> None:
@@ -136,7 +138,7 @@ async def test_stored_audio_is_served(
 ) -> None:
     ready = events_of(jfk_call, "chunk:audio-ready")[0]
     user = events_of(jfk_call, "message:received")[0]
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=embedded_server.auth()) as http:
         for url, expected_s in (
             (ready["audioUrl"], ready["duration"]),
             (user["audioUrl"], user["audioDuration"]),
@@ -169,7 +171,9 @@ async def test_call_session_is_cleaned_up(
 
 async def test_silence_makes_no_turn(embedded_server: RunningServer) -> None:
     result = await place_call(
-        embedded_server.url, str(speech_file("generated_silence_10s_16k.wav"))
+        embedded_server.url,
+        token=embedded_server.token,
+        audio_path=str(speech_file("generated_silence_10s_16k.wav")),
     )
     assert result.events == []
     pool = await embedded_server.db()
@@ -185,7 +189,9 @@ async def test_noise_makes_no_turn(embedded_server: RunningServer, tmp_path: Pat
     excerpt = tmp_path / "noise.wav"
     write_wav(excerpt, noise[: 12 * 16000], 16000)
 
-    result = await place_call(embedded_server.url, str(excerpt))
+    result = await place_call(
+        embedded_server.url, token=embedded_server.token, audio_path=str(excerpt)
+    )
     assert "message:received" not in event_types(result)
     assert (await embedded_server.health())["status"] == "ok"
 
@@ -195,7 +201,7 @@ async def test_monologue_is_cut_and_every_part_answered(
 ) -> None:
     server = await start_server(tmp_path, postgres_admin_dsn, PARLEY_VAD_MAX_UTTERANCE_S="4")
     try:
-        result = await place_call(server.url, str(speech_file(JFK)))
+        result = await place_call(server.url, token=server.token, audio_path=str(speech_file(JFK)))
     finally:
         await stop_server(server)
 

@@ -1,0 +1,304 @@
+"""Conversation management for one user at a time: create, read, search, lifecycle, delete.
+
+Every method takes the acting user's id and answers `not_found` for a conversation that
+does not exist or belongs to someone else, so a client cannot tell the two apart. Changes
+are published on the event bus (stored, then fanned out); reads return JSON-ready dicts.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from server.errors import ConversationClosedError, InvalidTransitionError, NotFoundError
+from server.event_bus import Subscriber
+from server.json_views import (
+    conversation_json,
+    message_json,
+    search_result_json,
+    template_json,
+)
+from server.protocol import (
+    CreateConversation,
+    ListConversations,
+    MessageHistory,
+    SearchMessages,
+    SettingsChange,
+)
+from storage import conversations as store
+from storage.history import message_page
+from storage.search import search
+from storage.templates import get_template, list_templates
+
+if TYPE_CHECKING:
+    from server.services import Services
+
+logger = logging.getLogger(__name__)
+
+# The lifecycle: active and paused switch back and forth; either can be completed, and a
+# completed conversation can be archived. Nothing leaves archived.
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "active": ("paused", "completed"),
+    "paused": ("active", "completed"),
+    "completed": ("archived",),
+    "archived": (),
+}
+CLOSED_STATUSES = ("completed", "archived")
+
+# conversation:update field -> conversations column.
+SETTINGS_FIELDS = {
+    "title": "title",
+    "level": "level",
+    "aiSettings": "ai_settings",
+    "memoryStrategy": "memory_strategy",
+    "maxContextMessages": "max_context_messages",
+    "maxContextTokens": "max_context_tokens",
+    "autoSummarize": "auto_summarize",
+    "summarizeThreshold": "summarize_threshold",
+}
+
+
+class ConversationService:
+    def __init__(self, services: Services) -> None:
+        self._services = services
+
+    @property
+    def _pool(self) -> asyncpg.Pool:
+        return self._services.pool
+
+    async def owned(self, user_id: uuid.UUID, conversation_id: uuid.UUID) -> asyncpg.Record:
+        """Return the user's conversation row, or raise not_found."""
+        row = await store.get_conversation(self._pool, conversation_id)
+        if row is None or row["user_id"] != user_id:
+            raise NotFoundError(f"conversation {conversation_id} not found")
+        return row
+
+    async def open_for_messages(
+        self, user_id: uuid.UUID, conversation_id: uuid.UUID
+    ) -> asyncpg.Record:
+        """Return a conversation that can take a new message, resuming it if paused."""
+        row = await self.owned(user_id, conversation_id)
+        if row["status"] in CLOSED_STATUSES:
+            raise ConversationClosedError(
+                f"conversation {conversation_id} is {row['status']} and takes no new messages"
+            )
+        if row["status"] == "paused":
+            row = await self._transition(row, "active")
+        return row
+
+    # -- create and read
+
+    async def create(
+        self,
+        user_id: uuid.UUID,
+        request: CreateConversation,
+        *,
+        subscribe: Callable[[uuid.UUID], Subscriber] | None = None,
+        request_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Create a conversation (from a template if named) and publish conversation:created.
+
+        subscribe, when given, subscribes the requesting connection before the event is
+        published, so that connection receives it with its requestId.
+        """
+        level = request.level
+        title = request.title
+        metadata: dict[str, Any] = {}
+        opening = None
+        if request.templateId is not None:
+            template = await get_template(self._pool, request.templateId)
+            if template is None:
+                raise NotFoundError(f"template {request.templateId} not found")
+            level = level or template["level"]
+            title = title or template["name"]
+            metadata = {"templateId": str(template["id"]), "scenario": template["system_prompt"]}
+            opening = template["initial_message"]
+        row = await store.create_conversation(
+            self._pool,
+            user_id,
+            title=title or "New conversation",
+            level=level or "A1",
+            metadata=metadata,
+        )
+        origin = subscribe(row["id"]) if subscribe is not None else None
+        body = conversation_json(row)
+        await self._services.bus.publish(
+            row["id"], "conversation:created", body, origin=origin, request_id=request_id
+        )
+        if opening:
+            await self._post_opening(row["id"], opening)
+        logger.info("user %s created conversation %s", user_id, row["id"])
+        return body
+
+    async def _post_opening(self, conversation_id: uuid.UUID, text: str) -> None:
+        # The template's opening line is the tutor's first message; it is not spoken,
+        # because nobody is listening yet. audio:request synthesises it on demand.
+        message = await store.insert_message(
+            self._pool, conversation_id, "assistant", text, metadata={"status": "completed"}
+        )
+        await self._services.bus.publish(
+            conversation_id,
+            "message:received",
+            {
+                "messageId": str(message.id),
+                "role": "assistant",
+                "content": text,
+                "sequenceNumber": message.sequence_number,
+                "chunks": [],
+                "metadata": {"status": "completed", "opening": True},
+            },
+        )
+
+    async def load(
+        self, user_id: uuid.UUID, conversation_id: uuid.UUID, message_limit: int
+    ) -> dict[str, Any]:
+        row = await self.owned(user_id, conversation_id)
+        rows, has_more = await message_page(self._pool, conversation_id, limit=message_limit)
+        return {
+            "conversation": conversation_json(row),
+            # Oldest first, the order a conversation view shows them in.
+            "messages": [message_json(r) for r in reversed(rows)],
+            "hasMoreMessages": has_more,
+        }
+
+    async def list(self, user_id: uuid.UUID, request: ListConversations) -> dict[str, Any]:
+        rows, total = await store.list_conversations(
+            self._pool,
+            user_id,
+            status=request.status,
+            limit=request.limit,
+            offset=request.offset,
+        )
+        return {
+            "conversations": [conversation_json(row) for row in rows],
+            "total": total,
+            "limit": request.limit,
+            "offset": request.offset,
+        }
+
+    async def history(self, user_id: uuid.UUID, request: MessageHistory) -> dict[str, Any]:
+        await self.owned(user_id, request.conversationId)
+        rows, has_more = await message_page(
+            self._pool,
+            request.conversationId,
+            limit=request.limit,
+            before=request.beforeSequence,
+            after=request.afterSequence,
+        )
+        return {
+            "conversationId": str(request.conversationId),
+            "order": "oldest_first" if request.afterSequence is not None else "newest_first",
+            "messages": [message_json(row) for row in rows],
+            "hasMore": has_more,
+        }
+
+    async def search(self, user_id: uuid.UUID, request: SearchMessages) -> dict[str, Any]:
+        rows = await search(self._pool, user_id, request.query, limit=request.limit)
+        return {"query": request.query, "results": [search_result_json(row) for row in rows]}
+
+    async def templates(self) -> dict[str, Any]:
+        return {"templates": [template_json(row) for row in await list_templates(self._pool)]}
+
+    # -- change
+
+    async def set_status(
+        self,
+        user_id: uuid.UUID,
+        conversation_id: uuid.UUID,
+        status: str,
+        *,
+        origin: Subscriber | None = None,
+        request_id: str | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """Move the conversation to status; return it and whether anything changed."""
+        row = await self.owned(user_id, conversation_id)
+        if row["status"] == status:
+            # Setting the current status again changes nothing and publishes nothing.
+            return conversation_json(row), False
+        row = await self._transition(row, status, origin=origin, request_id=request_id)
+        if status in CLOSED_STATUSES:
+            await self._services.end_calls(conversation_id, f"conversation {status}")
+        return conversation_json(row), True
+
+    async def _transition(
+        self,
+        row: asyncpg.Record,
+        status: str,
+        *,
+        origin: Subscriber | None = None,
+        request_id: str | None = None,
+    ) -> asyncpg.Record:
+        previous = row["status"]
+        allowed_from = tuple(s for s, targets in TRANSITIONS.items() if status in targets)
+        updated = await store.change_status(self._pool, row["id"], status, allowed_from)
+        if updated is None:
+            current = await store.get_conversation(self._pool, row["id"])
+            now = current["status"] if current is not None else "deleted"
+            raise InvalidTransitionError(
+                f"conversation {row['id']} cannot go from {now} to {status}; from {now} it "
+                f"can go to: {', '.join(TRANSITIONS.get(now, ())) or 'nothing'}"
+            )
+        await self._services.bus.publish(
+            row["id"],
+            "conversation:status-changed",
+            {
+                "status": status,
+                "previousStatus": previous,
+                "updatedAt": updated["updated_at"].isoformat(),
+            },
+            origin=origin,
+            request_id=request_id,
+        )
+        logger.info("conversation %s: %s -> %s", row["id"], previous, status)
+        return updated
+
+    async def update(
+        self,
+        user_id: uuid.UUID,
+        conversation_id: uuid.UUID,
+        request: SettingsChange,
+        *,
+        origin: Subscriber | None = None,
+        request_id: str | None = None,
+    ) -> dict[str, Any]:
+        row = await self.owned(user_id, conversation_id)
+        if row["status"] == "archived":
+            raise ConversationClosedError(f"conversation {row['id']} is archived")
+        changed = request.changed_settings()
+        changes: dict[str, Any] = {}
+        for name in changed:
+            value = getattr(request, name)
+            if name == "aiSettings" and value is not None:
+                value = value.model_dump(exclude_none=True)
+            changes[SETTINGS_FIELDS[name]] = value
+        updated = await store.update_settings(self._pool, row["id"], changes)
+        if updated is None:
+            raise NotFoundError(f"conversation {row['id']} not found")
+        body = conversation_json(updated)
+        await self._services.bus.publish(
+            row["id"],
+            "conversation:updated",
+            {**body, "changed": sorted(changed)},
+            origin=origin,
+            request_id=request_id,
+        )
+        return body
+
+    async def delete(self, user_id: uuid.UUID, conversation_id: uuid.UUID) -> None:
+        """Delete the conversation with its rows and audio files; end its calls first."""
+        await self.owned(user_id, conversation_id)
+        await self._services.end_calls(conversation_id, "conversation deleted")
+        file_ids = await store.delete_conversation(self._pool, conversation_id)
+        removed = await self._services.audio_files.delete(file_ids)
+        # The log went with the conversation, so this notice carries no seq.
+        self._services.bus.notify(conversation_id, "conversation:deleted", {})
+        logger.info(
+            "user %s deleted conversation %s and %d audio files",
+            user_id,
+            conversation_id,
+            removed,
+        )

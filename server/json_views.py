@@ -1,0 +1,107 @@
+"""The JSON shapes of stored rows, shared by events and REST answers (camelCase keys)."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import uuid
+from typing import Any
+
+import asyncpg
+
+
+def _iso(value: datetime.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _number(value: decimal.Decimal | float | None) -> float | None:
+    return float(value) if value is not None else None
+
+
+def conversation_json(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "conversationId": str(row["id"]),
+        "title": row["title"],
+        "level": row["level"],
+        "status": row["status"],
+        "metadata": row["metadata"] or {},
+        "createdAt": _iso(row["created_at"]),
+        "updatedAt": _iso(row["updated_at"]),
+        "lastMessageAt": _iso(row["last_message_at"]),
+        "messageCount": row["last_message_seq"],
+        "lastSeq": row["last_event_seq"],
+        "settings": {
+            "memoryStrategy": row["memory_strategy"],
+            "maxContextMessages": row["max_context_messages"],
+            "maxContextTokens": row["max_context_tokens"],
+            "autoSummarize": row["auto_summarize"],
+            "summarizeThreshold": row["summarize_threshold"],
+            "aiSettings": row["ai_settings"] or {},
+        },
+    }
+
+
+def message_json(row: asyncpg.Record) -> dict[str, Any]:
+    file_id = row["audio_file_id"]
+    chunks = []
+    for chunk in row["chunks"]:
+        chunk_file = chunk["audioFileId"]
+        chunks.append(
+            {
+                **chunk,
+                "pause": _number(chunk["pause"]),
+                "audioDuration": _number(chunk["audioDuration"]),
+                "audioUrl": f"/api/audio/{chunk_file}" if chunk_file else None,
+            }
+        )
+    return {
+        "messageId": str(row["id"]),
+        "role": row["role"],
+        "content": row["content"],
+        "sequenceNumber": row["sequence_number"],
+        "metadata": row["metadata"] or {},
+        "audioFileId": file_id,
+        "audioUrl": f"/api/audio/{file_id}" if file_id else None,
+        "audioDuration": _number(row["audio_duration"]),
+        "sttTranscript": row["stt_transcript"],
+        "createdAt": _iso(row["created_at"]),
+        "chunks": chunks,
+    }
+
+
+def template_json(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "templateId": str(row["id"]),
+        "name": row["name"],
+        "description": row["description"],
+        "level": row["level"],
+        "initialMessage": row["initial_message"],
+    }
+
+
+def search_result_json(row: asyncpg.Record) -> dict[str, Any]:
+    message_id = row["message_id"]
+    return {
+        "kind": row["kind"],
+        "conversationId": str(row["conversation_id"]),
+        "conversationTitle": row["conversation_title"],
+        "messageId": str(message_id) if message_id is not None else None,
+        "sequenceNumber": row["sequence_number"],
+        "role": row["role"],
+        "snippet": row["snippet"],
+        "rank": round(float(row["rank"]), 6),
+        "createdAt": _iso(row["created_at"]),
+    }
+
+
+def chunk_audio_json(
+    chunk_id: uuid.UUID, message_id: uuid.UUID, file_id: str, duration_s: Any
+) -> dict[str, Any]:
+    """The data of chunk:audio-ready."""
+    return {
+        "chunkId": str(chunk_id),
+        "messageId": str(message_id),
+        "audioFileId": file_id,
+        "audioUrl": f"/api/audio/{file_id}",
+        "duration": round(float(duration_s), 3),
+    }

@@ -1,0 +1,283 @@
+"""Messages from clients and the replies to them, shared by calls and text chat.
+
+Replies in one conversation run one at a time, whatever started them (a call's turn, a
+text message, a voice message), so a conversation never has two replies interleaving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import io
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import av
+import numpy as np
+
+from media.frames import read_audio_file
+from media.stt import TranscriptionError
+from media.tracks import ReplyAudioTrack
+from media.tts import SynthesisError
+from media.vad import VAD_RATE_HZ
+from server.errors import (
+    ClientError,
+    ConflictError,
+    NotFoundError,
+    RateLimitedError,
+    ServiceError,
+)
+from server.event_bus import Subscriber
+from server.json_views import chunk_audio_json
+from server.protocol import RequestAudio, SendMessage
+from server.reply_pipeline import ReplyPipeline, TurnClock
+from storage.chunks import set_tts_status
+from storage.conversations import get_conversation, insert_message
+from storage.history import get_chunk
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from server.services import Services
+
+logger = logging.getLogger(__name__)
+
+# A voice message shorter than this holds no word worth transcribing.
+MIN_VOICE_S = 0.2
+
+
+class MessageService:
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        self._reply_locks: dict[uuid.UUID, asyncio.Lock] = {}
+        # Replies holding or waiting for each lock; the lock is dropped when none is left.
+        self._lock_users: collections.Counter[uuid.UUID] = collections.Counter()
+        # Replies running or waiting, per conversation.
+        self._replies: collections.Counter[uuid.UUID] = collections.Counter()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._synthesising: dict[uuid.UUID, asyncio.Task[dict[str, Any]]] = {}
+
+    async def close(self) -> None:
+        """Cancel replies and syntheses still running; each stores its final status."""
+        tasks = [*self._tasks, *self._synthesising.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- sending
+
+    async def send(
+        self,
+        user_id: uuid.UUID,
+        request: SendMessage,
+        *,
+        origin: Subscriber | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        """Store a text or voice message, publish it, then start the reply."""
+        services = self._services
+        conversation_id = request.conversationId
+        await services.conversations.open_for_messages(user_id, conversation_id)
+        waiting_max = services.settings.max_waiting_replies
+        if self._replies[conversation_id] >= waiting_max:
+            raise RateLimitedError(
+                f"conversation {conversation_id} already has {waiting_max} replies running "
+                "or waiting; send again when one has finished"
+            )
+        clock = TurnClock()
+        clock.mark("speech_end")
+        clock.mark("turn_detected")
+        if request.inputMethod == "voice":
+            body = await self._store_voice(conversation_id, request)
+        else:
+            message = await insert_message(
+                services.pool,
+                conversation_id,
+                "user",
+                request.content or "",
+                metadata={"inputMethod": "text"},
+            )
+            body = {
+                "messageId": str(message.id),
+                "role": "user",
+                "content": message.content,
+                "sequenceNumber": message.sequence_number,
+                "metadata": {"inputMethod": "text"},
+            }
+        clock.mark("stt_done")
+        await services.bus.publish(
+            conversation_id, "message:received", body, origin=origin, request_id=request_id
+        )
+        self._start_reply(conversation_id, clock, speak=request.speak)
+
+    async def _store_voice(
+        self, conversation_id: uuid.UUID, request: SendMessage
+    ) -> dict[str, Any]:
+        services = self._services
+        samples = await self._decode_voice(request.audio_bytes())
+        try:
+            transcript = await services.stt.transcribe(samples)
+        except TranscriptionError as exc:
+            raise ServiceError(str(exc), code="stt_failed") from exc
+        if not transcript.text:
+            raise ServiceError("no speech was recognised in the voice message", code="stt_failed")
+        file_id, duration_s = await services.audio_files.save(samples, VAD_RATE_HZ)
+        metadata = {"inputMethod": "voice"}
+        message = await insert_message(
+            services.pool,
+            conversation_id,
+            "user",
+            transcript.text,
+            stt_transcript=transcript.text,
+            audio_file_id=file_id,
+            audio_duration_s=duration_s,
+            metadata=metadata,
+        )
+        return {
+            "messageId": str(message.id),
+            "role": "user",
+            "content": message.content,
+            "sequenceNumber": message.sequence_number,
+            "audioFileId": file_id,
+            "audioUrl": f"/api/audio/{file_id}",
+            "audioDuration": round(duration_s, 3),
+            "metadata": metadata,
+        }
+
+    async def _decode_voice(self, data: bytes) -> np.ndarray:
+        max_s = self._services.settings.max_voice_s
+        try:
+            samples = await asyncio.to_thread(
+                read_audio_file, io.BytesIO(data), VAD_RATE_HZ, max_seconds=max_s
+            )
+        except (av.error.FFmpegError, ValueError, OSError) as exc:
+            raise ClientError(
+                f"the voice message is not audio that can be decoded: {exc}", code="invalid_audio"
+            ) from exc
+        if len(samples) < MIN_VOICE_S * VAD_RATE_HZ:
+            raise ClientError(
+                f"the voice message holds {len(samples) / VAD_RATE_HZ:.2f} s of audio; "
+                f"send at least {MIN_VOICE_S} s",
+                code="invalid_audio",
+            )
+        return samples
+
+    # -- replies
+
+    def _start_reply(self, conversation_id: uuid.UUID, clock: TurnClock, *, speak: bool) -> None:
+        # The reply belongs to the conversation, not to the connection that sent the
+        # message: it goes on if that connection drops, and a reconnect replays it.
+        call = self._services.call_for(conversation_id)
+        track = call.reply_track if call is not None else None
+        self._replies[conversation_id] += 1
+        task = asyncio.create_task(
+            self._reply_then_release(conversation_id, clock, track, speak),
+            name=f"reply-{conversation_id}",
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._reply_done)
+
+    async def _reply_then_release(
+        self,
+        conversation_id: uuid.UUID,
+        clock: TurnClock,
+        track: ReplyAudioTrack | None,
+        speak: bool,
+    ) -> None:
+        try:
+            await self.reply(conversation_id, clock=clock, track=track, speak=speak)
+        finally:
+            self._replies[conversation_id] -= 1
+            if self._replies[conversation_id] <= 0:
+                del self._replies[conversation_id]
+
+    def _reply_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("reply task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def reply(
+        self,
+        conversation_id: uuid.UUID,
+        *,
+        clock: TurnClock,
+        track: ReplyAudioTrack | None,
+        speak: bool = True,
+        task_name: str = "reply",
+    ) -> None:
+        """Generate the reply to the conversation's newest messages, after any reply
+        already running in it."""
+        lock = self._reply_locks.setdefault(conversation_id, asyncio.Lock())
+        self._lock_users[conversation_id] += 1
+        try:
+            async with lock:
+                # Read inside the lock: the level or settings may have changed meanwhile.
+                row = await get_conversation(self._services.pool, conversation_id)
+                if row is None:
+                    logger.info("conversation %s is gone; no reply", conversation_id)
+                    return
+                pipeline = ReplyPipeline(
+                    self._services,
+                    row,
+                    track=track,
+                    clock=clock,
+                    speak=speak,
+                    task_name=task_name,
+                )
+                await pipeline.run()
+        finally:
+            self._lock_users[conversation_id] -= 1
+            if self._lock_users[conversation_id] == 0:
+                del self._lock_users[conversation_id]
+                del self._reply_locks[conversation_id]
+
+    # -- chunk audio on request
+
+    async def request_audio(self, user_id: uuid.UUID, request: RequestAudio) -> dict[str, Any]:
+        """Return a chunk's audio reference, synthesising it first if it has none yet."""
+        chunk = await get_chunk(self._services.pool, request.chunkId)
+        if (
+            chunk is None
+            or chunk["user_id"] != user_id
+            or (request.messageId is not None and request.messageId != chunk["message_id"])
+        ):
+            raise NotFoundError(f"chunk {request.chunkId} not found")
+        if chunk["tts_status"] == "completed" and chunk["audio_file_id"]:
+            return chunk_audio_json(
+                chunk["id"], chunk["message_id"], chunk["audio_file_id"], chunk["audio_duration"]
+            )
+        if chunk["tts_status"] == "processing":
+            raise ConflictError(
+                f"chunk {request.chunkId} is being synthesised; chunk:audio-ready follows",
+                code="audio_not_ready",
+            )
+        task = self._synthesising.get(chunk["id"])
+        if task is None:
+            task = asyncio.create_task(
+                self._synthesise_chunk(chunk), name=f"synthesise-{chunk['id']}"
+            )
+            self._synthesising[chunk["id"]] = task
+            task.add_done_callback(lambda _: self._synthesising.pop(chunk["id"], None))
+        # shield: one requester going away must not cancel the synthesis for the others.
+        return await asyncio.shield(task)
+
+    async def _synthesise_chunk(self, chunk: asyncpg.Record) -> dict[str, Any]:
+        services = self._services
+        pool = services.pool
+        await set_tts_status(pool, chunk["id"], "processing")
+        try:
+            speech = await services.tts.synthesize(chunk["text"])
+        except SynthesisError as exc:
+            await set_tts_status(pool, chunk["id"], "failed")
+            raise ServiceError(str(exc), code="tts_failed") from exc
+        except BaseException:
+            await asyncio.shield(set_tts_status(pool, chunk["id"], "pending"))
+            raise
+        file_id, duration_s = await services.audio_files.save(speech.samples, speech.sample_rate_hz)
+        await set_tts_status(
+            pool, chunk["id"], "completed", audio_file_id=file_id, audio_duration_s=duration_s
+        )
+        body = chunk_audio_json(chunk["id"], chunk["message_id"], file_id, duration_s)
+        await services.bus.publish(chunk["conversation_id"], "chunk:audio-ready", body)
+        return body
