@@ -57,13 +57,12 @@ class CallSession:
         ice_servers = [RTCIceServer(urls=url) for url in settings.ice_servers]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers))
         self.reply_track = ReplyAudioTrack()
-        # The data channel carries the whole event protocol, like a WebSocket would, and
-        # starts subscribed to the call's conversation.
+        # The data channel carries the whole event protocol, like a WebSocket would; accept
+        # subscribes it to the call's conversation.
         self._transport = DataChannelTransport(f"call-{self.id}")
         self._connection = ClientConnection(
             services, user_id, f"call-{self.id}", self._transport.send
         )
-        self._connection.subscribe(conversation_id)
         self._turns: asyncio.Queue[QueuedTurn] = asyncio.Queue(
             maxsize=settings.call_turn_queue_size
         )
@@ -76,8 +75,15 @@ class CallSession:
         self._closing = False
         self._early: EarlyTranscription | None = None
 
-    async def accept(self, offer: RTCSessionDescription) -> RTCSessionDescription:
-        """Apply the caller's offer and return the SDP answer with our candidates in it."""
+    async def accept(
+        self, offer: RTCSessionDescription, *, after_seq: int
+    ) -> RTCSessionDescription:
+        """Apply the caller's offer and return the SDP answer with our candidates in it.
+
+        The data channel receives the conversation's logged events after after_seq, then
+        the live ones; they wait in a buffer until the channel opens.
+        """
+        await self._connection.follow(self.conversation_id, after_seq)
         self.pc.addTrack(self.reply_track)
         self.pc.on("track", self._on_track)
         self.pc.on("datachannel", self._on_datachannel)

@@ -197,10 +197,12 @@ class ClientConnection:
         event = parse_event(message, max_chars=settings.max_message_chars)
         is_voice = isinstance(event, SendMessageEvent) and event.data.inputMethod == "voice"
         if size > settings.max_event_bytes and not is_voice:
-            raise ClientError(
+            error = ClientError(
                 f"event of {size} bytes is over the {settings.max_event_bytes} limit",
                 code="too_large",
             )
+            error.request_id = event.requestId
+            raise error
         return event
 
     def _answer_error(self, exc: ParleyError, event: ClientEvent | None) -> None:
@@ -210,7 +212,7 @@ class ClientConnection:
         self.send_error(
             exc.code,
             exc.message,
-            request_id=event.requestId if event is not None else None,
+            request_id=event.requestId if event is not None else exc.request_id,
             conversation_id=conversation_id,
         )
 
@@ -238,6 +240,12 @@ class ClientConnection:
         last_seq = body["conversation"]["lastSeq"]
         subscription.last_seq = last_seq if request.afterSeq is None else request.afterSeq
         await self._replay(request.conversationId, subscription)
+
+    async def follow(self, conversation_id: uuid.UUID, after_seq: int) -> None:
+        """Subscribe to a conversation, sending its logged events after after_seq first."""
+        subscription = self.subscribe(conversation_id, live=False)
+        subscription.last_seq = after_seq
+        await self._replay(conversation_id, subscription)
 
     async def _replay(self, conversation_id: uuid.UUID, subscription: Subscription) -> None:
         pool = self._services.pool

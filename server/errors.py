@@ -32,6 +32,9 @@ ERROR_CODES = (
 class ParleyError(Exception):
     code = "internal"
     http_status = 500
+    # The requestId of the client event that failed, when the event got far enough to
+    # name one, so that the error answers it.
+    request_id: str | None = None
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import json
 import uuid
-from typing import Annotated, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -312,12 +314,45 @@ EVENT_TYPES = frozenset(
 MAX_ECHOED_CHARS = 64
 
 
+class _RequestIdOnly(BaseModel):
+    """The requestId of an event that failed validation, so its error can echo it."""
+
+    model_config = ConfigDict(extra="ignore")
+    requestId: RequestId | None = None
+
+
 def parse_event(raw: str | bytes, *, max_chars: int) -> ClientEvent:
-    """Validate one client event; raise ClientError with the code of its first problem."""
+    """Validate one client event; raise ClientError with the code of its first problem.
+
+    The error carries the event's requestId when that much of the event is valid.
+    """
     try:
         return _CLIENT_EVENT.validate_json(raw, strict=True, context={"max_chars": max_chars})
     except ValidationError as exc:
-        raise validation_error(exc) from None
+        error = validation_error(exc)
+        kind = exc.errors(include_url=False)[0]["type"]
+    envelope = _python_json(raw) if kind == "json_invalid" else None
+    if isinstance(envelope, dict):
+        # pydantic's parser rejects an unpaired surrogate escape such as "\ud800" as bad
+        # JSON. It is valid JSON; the problem is text that cannot be stored as UTF-8.
+        error = ClientError("the event contains text that is not valid Unicode (a lone surrogate)")
+    elif envelope is not None:
+        error = ClientError("an event must be a JSON object", code="bad_json")
+    if error.code != "bad_json" or envelope is not None:
+        with contextlib.suppress(ValidationError, ValueError):
+            if envelope is None:
+                envelope = _RequestIdOnly.model_validate_json(raw).model_dump()
+            error.request_id = _RequestIdOnly.model_validate(envelope).requestId
+    raise error
+
+
+def _python_json(raw: str | bytes) -> Any:
+    """Parse with the json module, which accepts what pydantic's parser does not; None if
+    this parse fails too."""
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
 
 
 def parse_body(model: type[ModelT], raw: str | bytes) -> ModelT:
@@ -332,7 +367,7 @@ def validation_error(exc: ValueError) -> ClientError:
     """Turn pydantic's first error into a ClientError with a stable code."""
     if not isinstance(exc, ValidationError):
         return ClientError(str(exc))
-    error = exc.errors(include_url=False, include_input=False)[0]
+    error = exc.errors(include_url=False)[0]
     kind = error["type"]
     parts = list(error["loc"])
     if parts and parts[0] in EVENT_TYPES:
@@ -346,6 +381,8 @@ def validation_error(exc: ValueError) -> ClientError:
     if kind == "union_tag_not_found":
         return ClientError("field 'type' is missing: every event names its type")
     if kind == "union_tag_invalid":
+        if not isinstance(error.get("input", {}).get("type"), str):
+            return ClientError("field 'type' is invalid: it must be a string naming the event")
         tag = str(error.get("ctx", {}).get("tag", ""))
         if len(tag) > MAX_ECHOED_CHARS:
             tag = tag[:MAX_ECHOED_CHARS] + "…"

@@ -31,6 +31,8 @@ OFFER_FIELDS = {"sdp", "type", "conversationId", "level", "title"}
 class Offer:
     sdp: str
     conversation_id: uuid.UUID
+    # The call's data channel starts with the logged events after this seq.
+    after_seq: int
     # True when this offer created the conversation, so a failed offer removes it again.
     created: bool
 
@@ -45,7 +47,9 @@ async def handle_offer(request: web.Request) -> web.Response:
     services.sessions[session.id] = session
     try:
         sdp = filter_remote_candidates(offer.sdp, services.settings.effective_media_addresses)
-        answer = await session.accept(RTCSessionDescription(sdp=sdp, type="offer"))
+        answer = await session.accept(
+            RTCSessionDescription(sdp=sdp, type="offer"), after_seq=offer.after_seq
+        )
     except Exception as exc:
         # aiortc raises many kinds of errors (ValueError, KeyError, AssertionError, ...) on
         # SDP it cannot use. Each is the caller's bad offer, so each gets a 400.
@@ -104,15 +108,16 @@ async def _parse_offer(services: Services, user_id: uuid.UUID, body: dict[str, A
 
     if conversation_id is not None:
         # A paused conversation is resumed by the call; a closed one takes no call.
-        await services.conversations.open_for_messages(user_id, conversation_id)
+        row = await services.conversations.open_for_messages(user_id, conversation_id)
         if services.call_for(conversation_id) is not None:
             raise ConflictError(f"conversation {conversation_id} already has a call")
-        return Offer(sdp, conversation_id, created=False)
+        return Offer(sdp, conversation_id, after_seq=row["last_event_seq"], created=False)
 
     created = await services.conversations.create(
         user_id, CreateConversation(title=title or "Voice call", level=level)
     )
-    return Offer(sdp, uuid.UUID(created["conversationId"]), created=True)
+    # The caller gets the whole log of a conversation its offer created, from seq 1.
+    return Offer(sdp, uuid.UUID(created["conversationId"]), after_seq=0, created=True)
 
 
 def _check_sdp(sdp: str) -> None:

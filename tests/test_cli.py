@@ -1,7 +1,9 @@
-"""The `parley` command as a user runs it: clear one-line errors, and `call --json`."""
+"""The `parley` command as a user runs it: clear one-line errors, `call --json`, and
+`user create`."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -9,8 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
 import pytest
 
+from storage.users import user_for_token
 from tests.conftest import REPO_DIR, RunningServer, free_port, speech_file
 
 SUMMARY_KEYS = {
@@ -106,5 +110,51 @@ def test_call_json_prints_summary(embedded_server: RunningServer) -> None:
     assert "another engineer" in summary["user_transcript"].lower()
     assert summary["reply_text"]
     assert summary["reply_audio_seconds"] >= 1.0
-    assert summary["events"][0] == "message:received"
+    assert summary["events"][:2] == ["conversation:created", "message:received"]
     assert summary["errors"] == []
+
+
+async def test_user_create_prints_working_token(fresh_database: str) -> None:
+    created = await asyncio.to_thread(
+        run_parley, "user", "create", "maria", DATABASE_URL=fresh_database
+    )
+    again = await asyncio.to_thread(
+        run_parley, "user", "create", "maria", DATABASE_URL=fresh_database
+    )
+    second = await asyncio.to_thread(
+        run_parley, "user", "token", "maria", DATABASE_URL=fresh_database
+    )
+    missing = await asyncio.to_thread(
+        run_parley, "user", "token", "nobody", DATABASE_URL=fresh_database
+    )
+    pool = await asyncpg.create_pool(fresh_database, min_size=1, max_size=1)
+    try:
+        first_user = await user_for_token(pool, created.stdout.strip())
+        second_user = await user_for_token(pool, second.stdout.strip())
+    finally:
+        await pool.close()
+
+    assert created.returncode == 0, created.stderr
+    assert first_user is not None and first_user["name"] == "maria"
+    assert second_user is not None and second_user["id"] == first_user["id"]
+    assert again.returncode == 1
+    assert "user 'maria' already exists" in again.stderr
+    assert missing.returncode == 1
+    assert "user 'nobody' not found" in missing.stderr
+    assert "Traceback" not in again.stderr + missing.stderr
+
+
+def test_call_without_token_fails_cleanly() -> None:
+    audio = str(speech_file("speechcommands_yes_1s_en.wav"))
+    env = {key: value for key, value in os.environ.items() if key != "PARLEY_TOKEN"}
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", "call", "--audio", audio],
+        cwd=REPO_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 1
+    assert "a token is required" in result.stderr

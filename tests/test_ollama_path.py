@@ -217,8 +217,12 @@ async def test_no_model_answers_llm_unavailable(tmp_path: Path, postgres_admin_d
     finally:
         await stop_server(server)
 
-    assert [e["type"] for e in result.events] == ["message:received", "conversation:error"]
-    error = result.events[1]["data"]
+    assert [e["type"] for e in result.events] == [
+        "conversation:created",
+        "message:received",
+        "conversation:error",
+    ]
+    error = result.events[2]["data"]
     assert error["code"] == "llm_unavailable"
     assert "Ollama" in error["error"]
     assert [m["role"] for m in messages] == ["user"]

@@ -50,9 +50,11 @@ async function negotiate(connection) {
       });
     });
   }
+  const token = document.getElementById('token').value.trim();
+  sessionStorage.setItem('parleyToken', token);
   const response = await fetch('/api/rtc/offer', {
     method: 'POST',
-    headers: { 'Content-Type': 'application/json' },
+    headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${token}` },
     body: JSON.stringify({ sdp: connection.localDescription.sdp, type: 'offer' }),
   });
   const answer = await response.json();
@@ -93,3 +95,5 @@ function hangUp() {
 
 callButton.addEventListener('click', call);
 hangUpButton.addEventListener('click', hangUp);
+
+document.getElementById('token').value = sessionStorage.getItem('parleyToken') || '';
