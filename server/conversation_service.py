@@ -292,6 +292,7 @@ class ConversationService:
         """Delete the conversation with its rows and audio files; end its calls first."""
         await self.owned(user_id, conversation_id)
         await self._services.end_calls(conversation_id, "conversation deleted")
+        await self._services.messages.cancel_replies(conversation_id)
         file_ids = await store.delete_conversation(self._pool, conversation_id)
         removed = await self._services.audio_files.delete(file_ids)
         # The log went with the conversation, so this notice carries no seq.

@@ -65,6 +65,15 @@ class MessageService:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    async def cancel_replies(self, conversation_id: uuid.UUID) -> None:
+        """Cancel the conversation's text-chat replies, running or waiting (before a
+        delete, so none writes to rows that are about to go)."""
+        name = f"reply-{conversation_id}"
+        tasks = [task for task in self._tasks if task.get_name() == name]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     # -- sending
 
     async def send(

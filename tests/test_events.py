@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -544,3 +545,80 @@ async def test_channel_text_reply_is_spoken_in_call(
     assert " ".join(chunk_texts) == "Hello there! How are you today?"
     assert result.reply_audio_seconds > 1.0, "the reply is spoken on the call's audio track"
     assert web_copy["data"]["content"] == "Hello there! How are you today?"
+
+
+async def test_unsubscribe_stops_events(client: EventClient, server: RunningServer) -> None:
+    conversation_id = await new_conversation(client)
+    other = await EventClient.connect(server.url, server.token)
+    try:
+        await other.request("conversation:load", {"conversationId": conversation_id})
+        answer = await other.request(
+            "conversation:unsubscribe", {"conversationId": conversation_id}
+        )
+        await send_and_wait(client, conversation_id, "Is anyone listening?")
+        await asyncio.sleep(0.5)
+
+        assert answer["type"] == "conversation:unsubscribed"
+        assert seqs_of(other, conversation_id) == [], "no event after unsubscribing"
+    finally:
+        await other.close()
+
+
+async def test_channel_answers_every_event(
+    client: EventClient, server: RunningServer, tmp_path: Path
+) -> None:
+    """Every client event type sent on a call's data channel gets its answer there."""
+    conversation_id = await new_conversation(client, title="Channel round trips")
+    await client.request(
+        "message:send", {"conversationId": conversation_id, "content": "Hi", "speak": False}
+    )
+    reply = await client.wait_for_reply(conversation_id)
+    target = await new_conversation(client, title="To delete")
+    chunk_id = reply["data"]["chunks"][0]["chunkId"]
+    requests: list[tuple[str, dict[str, Any], str]] = [
+        ("connection:ping", {}, "connection:pong"),
+        ("template:list", {}, "template:listed"),
+        ("conversation:create", {"title": "From the channel"}, "conversation:created"),
+        ("conversation:list", {}, "conversation:listed"),
+        ("conversation:load", {"conversationId": conversation_id}, "conversation:loaded"),
+        (
+            "conversation:history",
+            {"conversationId": conversation_id},
+            "conversation:history-loaded",
+        ),
+        ("conversation:search", {"query": "channel"}, "conversation:search-results"),
+        ("audio:request", {"chunkId": chunk_id}, "chunk:audio-ready"),
+        (
+            "conversation:update",
+            {"conversationId": conversation_id, "title": "Renamed"},
+            "conversation:updated",
+        ),
+        (
+            "message:send",
+            {"conversationId": conversation_id, "content": "Once more", "speak": False},
+            "message:received",
+        ),
+        (
+            "conversation:set-status",
+            {"conversationId": target, "status": "paused"},
+            "conversation:status-changed",
+        ),
+        ("conversation:unsubscribe", {"conversationId": target}, "conversation:unsubscribed"),
+        ("conversation:delete", {"conversationId": target}, "conversation:deleted"),
+    ]
+    messages = [
+        json.dumps({"type": event_type, "requestId": f"ch-{index}", "data": data})
+        for index, (event_type, data, _answer) in enumerate(requests)
+    ]
+    result = await place_call(
+        server.url,
+        token=server.token,
+        audio_path=str(silence_file(tmp_path, 4.0)),
+        channel_messages=messages,
+    )
+    answers = {e["requestId"]: e for e in result.events if e.get("requestId")}
+
+    for index, (event_type, _data, answer_type) in enumerate(requests):
+        answer = answers.get(f"ch-{index}")
+        assert answer is not None, f"{event_type} got no answer on the data channel"
+        assert (event_type, answer["type"]) == (event_type, answer_type)
