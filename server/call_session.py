@@ -83,6 +83,8 @@ class CallSession:
         The data channel receives the conversation's logged events after after_seq, then
         the live ones; they wait in a buffer until the channel opens.
         """
+        # The greeting leads, then the replayed events; all wait for the channel to open.
+        self._connection.greet()
         await self._connection.follow(self.conversation_id, after_seq)
         self.pc.addTrack(self.reply_track)
         self.pc.on("track", self._on_track)
@@ -150,7 +152,6 @@ class CallSession:
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
         logger.info("call %s: data channel %r", self.id, channel.label)
         self._transport.attach(channel, self._connection)
-        self._connection.greet()
 
     async def _on_connection_state(self) -> None:
         state = self.pc.connectionState

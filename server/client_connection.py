@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from server.errors import ClientError, ParleyError
@@ -43,20 +43,29 @@ logger = logging.getLogger(__name__)
 
 # Client messages waiting for the worker; past this the connection is rate limited.
 MAX_QUEUED_MESSAGES = 64
-# Events read from the log per query while replaying.
-REPLAY_PAGE = 500
+# Events read from the log per query while replaying; the replay waits for the transport
+# to drain between pages.
+REPLAY_PAGE = 256
 
 Handler = Callable[[Any], Coroutine[Any, Any, None]]
 
 
 class ClientConnection:
     def __init__(
-        self, services: Services, user_id: uuid.UUID, name: str, send: Callable[[str], None]
+        self,
+        services: Services,
+        user_id: uuid.UUID,
+        name: str,
+        send: Callable[[str], None],
+        writable: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """send queues one event without blocking; writable, if given, returns once the
+        transport has room for more, so a long replay never overruns it."""
         self.name = name
         self.user_id = user_id
         self._services = services
         self._send = send
+        self._writable = writable
         self._incoming: asyncio.Queue[str | bytes] = asyncio.Queue(maxsize=MAX_QUEUED_MESSAGES)
         self._subscriptions: dict[uuid.UUID, tuple[Subscription, Callable[[], None]]] = {}
         settings = services.settings
@@ -226,7 +235,13 @@ class ClientConnection:
     async def _load(self, event: LoadConversationEvent) -> None:
         request = event.data
         conversations = self._services.conversations
-        await conversations.owned(self.user_id, request.conversationId)
+        row = await conversations.owned(self.user_id, request.conversationId)
+        if request.afterSeq is not None and request.afterSeq > row["last_event_seq"]:
+            # Checked before subscribing, so a subscription already in place stays.
+            raise ClientError(
+                f"afterSeq {request.afterSeq} is past the conversation's last seq "
+                f"{row['last_event_seq']}; load without afterSeq to start over"
+            )
         # Subscribed before the conversation is read, so no event falls between the two.
         subscription = self.subscribe(request.conversationId, live=False)
         try:
@@ -236,8 +251,8 @@ class ClientConnection:
         except BaseException:
             self._drop_subscription(request.conversationId)
             raise
-        self.send_event("conversation:loaded", body, request_id=event.requestId)
         last_seq = body["conversation"]["lastSeq"]
+        self.send_event("conversation:loaded", body, request_id=event.requestId)
         subscription.last_seq = last_seq if request.afterSeq is None else request.afterSeq
         await self._replay(request.conversationId, subscription)
 
@@ -260,6 +275,8 @@ class ClientConnection:
             # No await between the last read and go_live, so no live event slips past.
             if len(rows) < REPLAY_PAGE and subscription.go_live():
                 return
+            if self._writable is not None:
+                await self._writable()
 
     async def _list(self, event: ListConversationsEvent) -> None:
         body = await self._services.conversations.list(self.user_id, event.data)
@@ -331,8 +348,11 @@ class ClientConnection:
         )
 
     async def _request_audio(self, event: RequestAudioEvent) -> None:
-        body = await self._services.messages.request_audio(self.user_id, event.data)
-        self.send_event("chunk:audio-ready", body, request_id=event.requestId)
+        body = await self._services.messages.request_audio(
+            self.user_id, event.data, subscriptions=self._origin, request_id=event.requestId
+        )
+        if body is not None:
+            self.send_event("chunk:audio-ready", body, request_id=event.requestId)
 
     async def _ping(self, event: PingEvent) -> None:
         self.send_event("connection:pong", {"serverTime": time.time()}, request_id=event.requestId)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from server.chunking import ReplyChunker
 from server.errors import ConversationClosedError, InvalidTransitionError, NotFoundError
 from server.event_bus import Subscriber
 from server.json_views import (
@@ -30,6 +31,7 @@ from server.protocol import (
     SettingsChange,
 )
 from storage import conversations as store
+from storage.chunks import insert_chunk
 from storage.history import message_page
 from storage.search import search
 from storage.templates import get_template, list_templates
@@ -135,21 +137,52 @@ class ConversationService:
         return body
 
     async def _post_opening(self, conversation_id: uuid.UUID, text: str) -> None:
-        # The template's opening line is the tutor's first message; it is not spoken,
-        # because nobody is listening yet. audio:request synthesises it on demand.
+        """Store the template's opening line as the tutor's first message, cut into chunks
+        like a reply. It is not synthesised, because nobody is listening yet:
+        audio:request synthesises a chunk on demand."""
+        chunker = ReplyChunker(first_chunk_words=self._services.settings.first_chunk_words)
+        chunks = chunker.feed(text) + chunker.finish()
+        content = " ".join(chunk.text for chunk in chunks)
+        metadata = {"status": "completed", "opening": True}
         message = await store.insert_message(
-            self._pool, conversation_id, "assistant", text, metadata={"status": "completed"}
+            self._pool, conversation_id, "assistant", content, metadata=metadata
         )
+        chunk_json = []
+        for chunk in chunks:
+            chunk_id = uuid.uuid4()
+            await insert_chunk(
+                self._pool,
+                chunk_id,
+                message.id,
+                chunk.index,
+                text=chunk.text,
+                emotion=chunk.emotion,
+                icon=chunk.icon,
+                pause_after_s=chunk.pause_after_s,
+                emphasis=chunk.emphasis,
+            )
+            chunk_json.append(
+                {
+                    "chunkId": str(chunk_id),
+                    "chunkIndex": chunk.index,
+                    "text": chunk.text,
+                    "emotion": chunk.emotion,
+                    "icon": chunk.icon,
+                    "pause": chunk.pause_after_s,
+                    "emphasis": chunk.emphasis,
+                    "ttsStatus": "pending",
+                }
+            )
         await self._services.bus.publish(
             conversation_id,
             "message:received",
             {
                 "messageId": str(message.id),
                 "role": "assistant",
-                "content": text,
+                "content": content,
                 "sequenceNumber": message.sequence_number,
-                "chunks": [],
-                "metadata": {"status": "completed", "opening": True},
+                "chunks": chunk_json,
+                "metadata": metadata,
             },
         )
 
@@ -214,15 +247,17 @@ class ConversationService:
         origin: Subscriber | None = None,
         request_id: str | None = None,
     ) -> tuple[dict[str, Any], bool]:
-        """Move the conversation to status; return it and whether anything changed."""
+        """Move the conversation to status; return the conversation:status-changed data
+        and whether anything changed."""
         row = await self.owned(user_id, conversation_id)
         if row["status"] == status:
             # Setting the current status again changes nothing and publishes nothing.
-            return conversation_json(row), False
+            return _status_change(row, row["status"]), False
+        previous = row["status"]
         row = await self._transition(row, status, origin=origin, request_id=request_id)
         if status in CLOSED_STATUSES:
             await self._services.end_calls(conversation_id, f"conversation {status}")
-        return conversation_json(row), True
+        return _status_change(row, previous), True
 
     async def _transition(
         self,
@@ -245,11 +280,7 @@ class ConversationService:
         await self._services.bus.publish(
             row["id"],
             "conversation:status-changed",
-            {
-                "status": status,
-                "previousStatus": previous,
-                "updatedAt": updated["updated_at"].isoformat(),
-            },
+            _status_change(updated, previous),
             origin=origin,
             request_id=request_id,
         )
@@ -278,13 +309,9 @@ class ConversationService:
         updated = await store.update_settings(self._pool, row["id"], changes)
         if updated is None:
             raise NotFoundError(f"conversation {row['id']} not found")
-        body = conversation_json(updated)
+        body = {**conversation_json(updated), "changed": sorted(changed)}
         await self._services.bus.publish(
-            row["id"],
-            "conversation:updated",
-            {**body, "changed": sorted(changed)},
-            origin=origin,
-            request_id=request_id,
+            row["id"], "conversation:updated", body, origin=origin, request_id=request_id
         )
         return body
 
@@ -303,3 +330,13 @@ class ConversationService:
             conversation_id,
             removed,
         )
+
+
+def _status_change(row: asyncpg.Record, previous: str) -> dict[str, Any]:
+    """The data of conversation:status-changed."""
+    return {
+        "conversationId": str(row["id"]),
+        "status": row["status"],
+        "previousStatus": previous,
+        "updatedAt": row["updated_at"].isoformat(),
+    }

@@ -11,6 +11,7 @@ import collections
 import io
 import logging
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import av
@@ -243,8 +244,21 @@ class MessageService:
 
     # -- chunk audio on request
 
-    async def request_audio(self, user_id: uuid.UUID, request: RequestAudio) -> dict[str, Any]:
-        """Return a chunk's audio reference, synthesising it first if it has none yet."""
+    async def request_audio(
+        self,
+        user_id: uuid.UUID,
+        request: RequestAudio,
+        *,
+        subscriptions: Callable[[uuid.UUID], Subscriber | None] = lambda _id: None,
+        request_id: str | None = None,
+    ) -> dict[str, Any] | None:
+        """Return the data of chunk:audio-ready for a chunk, synthesising its audio first if
+        it has none yet.
+
+        A new synthesis publishes chunk:audio-ready in the conversation's log. When the
+        requester is subscribed (subscriptions returns its subscriber), that logged copy
+        carries its requestId and this returns None, so it gets one answer, not two.
+        """
         chunk = await get_chunk(self._services.pool, request.chunkId)
         if (
             chunk is None
@@ -252,26 +266,41 @@ class MessageService:
             or (request.messageId is not None and request.messageId != chunk["message_id"])
         ):
             raise NotFoundError(f"chunk {request.chunkId} not found")
+        conversation_id = chunk["conversation_id"]
         if chunk["tts_status"] == "completed" and chunk["audio_file_id"]:
-            return chunk_audio_json(
-                chunk["id"], chunk["message_id"], chunk["audio_file_id"], chunk["audio_duration"]
-            )
-        if chunk["tts_status"] == "processing":
+            return {
+                "conversationId": str(conversation_id),
+                **chunk_audio_json(
+                    chunk["id"],
+                    chunk["message_id"],
+                    chunk["audio_file_id"],
+                    chunk["audio_duration"],
+                ),
+            }
+        if chunk["tts_status"] == "processing" or chunk["message_status"] == "generating":
+            # A running reply synthesises it: a second synthesis would race that one.
             raise ConflictError(
-                f"chunk {request.chunkId} is being synthesised; chunk:audio-ready follows",
+                f"chunk {request.chunkId} is being synthesised; its chunk:audio-ready event "
+                "follows for subscribers of the conversation",
                 code="audio_not_ready",
             )
+        origin = subscriptions(conversation_id)
         task = self._synthesising.get(chunk["id"])
+        first = task is None
         if task is None:
             task = asyncio.create_task(
-                self._synthesise_chunk(chunk), name=f"synthesise-{chunk['id']}"
+                self._synthesise_chunk(chunk, origin, request_id),
+                name=f"synthesise-{chunk['id']}",
             )
             self._synthesising[chunk["id"]] = task
             task.add_done_callback(lambda _: self._synthesising.pop(chunk["id"], None))
         # shield: one requester going away must not cancel the synthesis for the others.
-        return await asyncio.shield(task)
+        body = await asyncio.shield(task)
+        return None if first and origin is not None else body
 
-    async def _synthesise_chunk(self, chunk: asyncpg.Record) -> dict[str, Any]:
+    async def _synthesise_chunk(
+        self, chunk: asyncpg.Record, origin: Subscriber | None, request_id: str | None
+    ) -> dict[str, Any]:
         services = self._services
         pool = services.pool
         await set_tts_status(pool, chunk["id"], "processing")
@@ -288,5 +317,11 @@ class MessageService:
             pool, chunk["id"], "completed", audio_file_id=file_id, audio_duration_s=duration_s
         )
         body = chunk_audio_json(chunk["id"], chunk["message_id"], file_id, duration_s)
-        await services.bus.publish(chunk["conversation_id"], "chunk:audio-ready", body)
-        return body
+        await services.bus.publish(
+            chunk["conversation_id"],
+            "chunk:audio-ready",
+            body,
+            origin=origin,
+            request_id=request_id,
+        )
+        return {"conversationId": str(chunk["conversation_id"]), **body}

@@ -136,6 +136,14 @@ class SettingsChange(Model):
     def changed_settings(self) -> set[str]:
         return self.model_fields_set & set(SettingsChange.model_fields)
 
+    @model_validator(mode="after")
+    def _no_nulls(self) -> SettingsChange:
+        # Leaving a field out keeps its value; null would erase a setting that must exist.
+        for name in sorted(self.changed_settings()):
+            if getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null: leave it out to keep its value")
+        return self
+
 
 class UpdateSettings(SettingsChange):
     conversationId: uuid.UUID
@@ -388,7 +396,7 @@ def validation_error(exc: ValueError) -> ClientError:
             tag = tag[:MAX_ECHOED_CHARS] + "…"
         return ClientError(f"event type {tag!r} is not supported", code="unknown_event")
     if kind == "extra_forbidden":
-        return ClientError(f"field {location!r} is not part of this event")
+        return ClientError(f"field {location!r} is not allowed here")
     if kind == "too_large":
         return ClientError(f"field {location!r} {error['msg']}", code="too_large")
     if kind == "missing":
@@ -396,5 +404,5 @@ def validation_error(exc: ValueError) -> ClientError:
     message = error["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
-    where = f"field {location!r}" if location else "the event"
+    where = f"field {location!r}" if location else "the input"
     return ClientError(f"{where} is invalid: {message}")

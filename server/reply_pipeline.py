@@ -60,6 +60,8 @@ class ChunkState:
     chunk: ReplyChunk
     chunk_id: uuid.UUID = field(default_factory=uuid.uuid4)
     status: str = "pending"
+    audio_file_id: str | None = None
+    audio_duration_s: float | None = None
     # Set once the chunk's row exists and chunk:generated is sent. Synthesis starts earlier.
     stored: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -121,12 +123,18 @@ class ReplyPipeline:
         """Stream the model into chunks and return the reply's status."""
         settings = self._services.settings
         # A conversation's ai_settings may lower the server's token cap, never raise it.
+        # NOTE: ai_settings.model applies to Ollama only; the embedded backend runs the
+        # one model it loaded.
+        ai = self._ai_settings
         options = GenerationOptions(
             max_tokens=min(
-                self._ai_settings.get("max_tokens", settings.llm_max_reply_tokens),
-                settings.llm_max_reply_tokens,
+                ai.get("max_tokens", settings.llm_max_reply_tokens), settings.llm_max_reply_tokens
             ),
-            temperature=self._ai_settings.get("temperature", settings.llm_temperature),
+            temperature=ai.get("temperature", settings.llm_temperature),
+            top_p=ai.get("top_p"),
+            frequency_penalty=ai.get("frequency_penalty"),
+            presence_penalty=ai.get("presence_penalty"),
+            model=ai.get("model"),
         )
         chunker = ReplyChunker(first_chunk_words=settings.first_chunk_words)
         sentences = 0
@@ -271,6 +279,8 @@ class ReplyPipeline:
             pool, state.chunk_id, "completed", audio_file_id=file_id, audio_duration_s=duration_s
         )
         state.status = "completed"
+        state.audio_file_id = file_id
+        state.audio_duration_s = round(duration_s, 3)
         # _mark_processing waited for the chunk's row, which is stored after its message.
         assert self._message is not None
         await services.bus.publish(
@@ -339,6 +349,9 @@ class ReplyPipeline:
             "pause": chunk.pause_after_s,
             "emphasis": chunk.emphasis,
             "ttsStatus": "pending" if state.status == "processing" else state.status,
+            "audioFileId": state.audio_file_id,
+            "audioUrl": f"/api/audio/{state.audio_file_id}" if state.audio_file_id else None,
+            "audioDuration": state.audio_duration_s,
         }
 
     def _message_ref(self) -> dict[str, str]:

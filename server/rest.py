@@ -12,6 +12,7 @@ from server.app_keys import SERVICES_KEY
 from server.auth import authenticate
 from server.errors import ClientError
 from server.json_body import parse_uuid, read_body
+from server.json_views import conversation_json
 from server.protocol import (
     ConversationPatch,
     CreateConversation,
@@ -87,13 +88,18 @@ async def conversation_events(request: web.Request) -> web.Response:
     services, user_id = await _user(request)
     conversation_id = _path_id(request)
     after = _query_int(request, "afterSeq", 0)
-    limit = min(_query_int(request, "limit", MAX_EVENTS_PAGE), MAX_EVENTS_PAGE)
+    limit = _query_int(request, "limit", MAX_EVENTS_PAGE)
+    if not 1 <= limit <= MAX_EVENTS_PAGE:
+        raise ClientError(f"query parameter 'limit' must be 1-{MAX_EVENTS_PAGE}, not {limit}")
     await services.conversations.owned(user_id, conversation_id)
-    rows = await events_after(services.pool, conversation_id, after, limit)
+    rows = await events_after(services.pool, conversation_id, after, limit + 1)
     events = [
-        {"type": row["event_type"], "seq": row["seq"], "data": row["event_data"]} for row in rows
+        {"type": row["event_type"], "seq": row["seq"], "data": row["event_data"]}
+        for row in rows[:limit]
     ]
-    return web.json_response({"conversationId": str(conversation_id), "events": events})
+    return web.json_response(
+        {"conversationId": str(conversation_id), "events": events, "hasMore": len(rows) > limit}
+    )
 
 
 async def patch_conversation(request: web.Request) -> web.Response:
@@ -102,12 +108,12 @@ async def patch_conversation(request: web.Request) -> web.Response:
     conversation_id = _path_id(request)
     patch = parse_body(ConversationPatch, await read_body(request, MAX_BODY_BYTES))
     conversations = services.conversations
-    body: dict[str, Any] = {}
     if patch.status is not None:
-        body, _changed = await conversations.set_status(user_id, conversation_id, patch.status)
+        await conversations.set_status(user_id, conversation_id, patch.status)
     if patch.changed_settings():
-        body = await conversations.update(user_id, conversation_id, patch)
-    return web.json_response(body)
+        await conversations.update(user_id, conversation_id, patch)
+    row = await conversations.owned(user_id, conversation_id)
+    return web.json_response(conversation_json(row))
 
 
 async def delete_conversation(request: web.Request) -> web.Response:

@@ -10,7 +10,7 @@ logger = logging.getLogger(__name__)
 
 # Live events held while the log is replayed. Past this the held events are dropped and
 # the replay reads them from the log instead, so memory stays bounded.
-MAX_HELD_EVENTS = 4096
+MAX_HELD_EVENTS = 512
 
 
 class Subscription:

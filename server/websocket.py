@@ -14,8 +14,9 @@ from server.client_connection import ClientConnection
 
 logger = logging.getLogger(__name__)
 
-# Frames past this size close the socket (aiohttp's own check, code 1009). Smaller events
-# over the protocol's limits get a too_large error and the socket stays open.
+# A frame past this size makes aiohttp drop the connection (the client sees close code
+# 1006 with aiohttp 3.14). Smaller events over the protocol's limits get a too_large error
+# and the socket stays open.
 FRAME_MARGIN_BYTES = 64 * 1024
 # WebSocket close code for a client that reads events slower than they are produced.
 CLOSE_TRY_AGAIN_LATER = 1013
@@ -52,7 +53,12 @@ async def handle_websocket(request: web.Request) -> web.WebSocketResponse:
                 )
             )
 
-    connection = ClientConnection(services, user_id, name, send)
+    async def writable() -> None:
+        # Polled, because asyncio.Queue has no wait-until-below-a-size.
+        while outbox.qsize() > outbox.maxsize // 2 and not socket.closed:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+    connection = ClientConnection(services, user_id, name, send, writable)
     services.websockets.add(socket)
     writer = asyncio.create_task(_write(socket, outbox), name=f"{name}-writer")
     worker = asyncio.create_task(connection.serve(), name=f"{name}-worker")

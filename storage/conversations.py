@@ -164,44 +164,40 @@ async def insert_message(
 ) -> StoredMessage:
     """Store a message under the next sequence number of its conversation.
 
-    The counter update locks the conversation row until commit, so concurrent senders get
-    consecutive numbers with no gaps and no duplicates.
+    One statement, so one round trip: the counter update locks the conversation's row
+    until the statement commits, so concurrent senders get consecutive numbers with no
+    gaps and no duplicates.
     """
-    async with pool.acquire() as connection, connection.transaction():
-        sequence_number = await connection.fetchval(
-            """
+    row = await pool.fetchrow(
+        """
+        WITH next AS (
             UPDATE conversations
             SET last_message_seq = last_message_seq + 1,
                 last_message_at = now(), updated_at = now()
             WHERE id = $1
             RETURNING last_message_seq
-            """,
-            conversation_id,
         )
-        if sequence_number is None:
-            raise LookupError(f"conversation {conversation_id} does not exist")
-        row = await connection.fetchrow(
-            """
-            INSERT INTO messages (conversation_id, role, content, sequence_number, metadata,
-                                  audio_file_id, audio_duration, stt_transcript)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-            RETURNING id, created_at
-            """,
-            conversation_id,
-            role,
-            content,
-            sequence_number,
-            metadata,
-            audio_file_id,
-            audio_duration_s,
-            stt_transcript,
-        )
+        INSERT INTO messages (conversation_id, role, content, sequence_number, metadata,
+                              audio_file_id, audio_duration, stt_transcript)
+        SELECT $1, $2, $3, last_message_seq, $4, $5, $6, $7 FROM next
+        RETURNING id, sequence_number, created_at
+        """,
+        conversation_id,
+        role,
+        content,
+        metadata,
+        audio_file_id,
+        audio_duration_s,
+        stt_transcript,
+    )
+    if row is None:
+        raise LookupError(f"conversation {conversation_id} does not exist")
     return StoredMessage(
         id=row["id"],
         conversation_id=conversation_id,
         role=role,
         content=content,
-        sequence_number=sequence_number,
+        sequence_number=row["sequence_number"],
         created_at=row["created_at"],
     )
 

@@ -50,7 +50,11 @@ async def open_database(
     try:
         await asyncio.to_thread(upgrade_schema, dsn)
         pool = await asyncpg.create_pool(
-            dsn, min_size=1, max_size=pool_max_size, init=init_connection
+            dsn,
+            min_size=1,
+            max_size=pool_max_size,
+            init=init_connection,
+            reset=keep_session_state,
         )
     except BaseException:
         if embedded is not None:
@@ -78,6 +82,15 @@ def sqlalchemy_url(dsn: str) -> str:
         if dsn.startswith(prefix):
             return "postgresql+asyncpg://" + dsn[len(prefix) :]
     return dsn
+
+
+async def keep_session_state(connection: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset query when a connection returns to the pool.
+
+    The default reset (advisory unlocks, CLOSE ALL, UNLISTEN *, RESET ALL) costs a round
+    trip per pool use, and Parley's queries leave no session state to reset: no SET,
+    LISTEN or advisory lock. asyncpg still rolls back a transaction left open.
+    """
 
 
 async def init_connection(connection: asyncpg.Connection) -> None:

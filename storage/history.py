@@ -70,7 +70,8 @@ async def get_chunk(pool: asyncpg.Pool, chunk_id: uuid.UUID) -> asyncpg.Record |
         """
         SELECT chunks.id, chunks.message_id, chunks.chunk_index, chunks.text,
                chunks.audio_file_id, chunks.audio_duration, chunks.tts_status,
-               messages.conversation_id, conversations.user_id
+               messages.conversation_id, conversations.user_id,
+               messages.metadata->>'status' AS message_status
         FROM message_chunks chunks
         JOIN messages ON messages.id = chunks.message_id
         JOIN conversations ON conversations.id = messages.conversation_id

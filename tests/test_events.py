@@ -132,8 +132,12 @@ async def test_template_sets_level_and_opening(client: EventClient) -> None:
     assert listed["type"] == "template:listed"
     assert loaded["data"]["conversation"]["level"] == "B2"
     assert loaded["data"]["conversation"]["title"] == template["name"]
+    spoken = await client.request(
+        "audio:request", {"chunkId": opening["data"]["chunks"][0]["chunkId"]}
+    )
     assert opening["data"]["role"] == "assistant"
     assert opening["data"]["content"] == template["initialMessage"]
+    assert spoken["type"] == "chunk:audio-ready", "the opening line can be voiced on request"
     assert [m["content"] for m in loaded["data"]["messages"]] == [template["initialMessage"]]
 
 
@@ -206,9 +210,16 @@ async def test_unspoken_reply_audio_on_request(client: EventClient, server: Runn
         uuid.UUID(chunk["chunkId"]),
     )
 
+    await asyncio.sleep(0.3)
+    copies = [
+        e for e in client.of_type("chunk:audio-ready") if e["data"]["chunkId"] == chunk["chunkId"]
+    ]
+
     assert chunk["ttsStatus"] == "pending"
     assert audio_ready_before == 0, "speak=false synthesises nothing"
     assert answer["type"] == "chunk:audio-ready"
+    assert "seq" in answer, "the new audio is logged, and the requester's copy answers it"
+    assert copies == [answer], "one answer, not a logged copy and a direct one"
     assert answer["data"]["audioFileId"] == row["audio_file_id"]
     assert answer["data"]["duration"] > 0.3
     assert row["tts_status"] == "completed"
@@ -286,6 +297,10 @@ async def test_reconnect_replays_missed_events(client: EventClient, server: Runn
             "conversation:load", {"conversationId": conversation_id, "afterSeq": seen}
         )
         last = (await stored_events(server, conversation_id))[-1]["seq"]
+        future = await back.request(
+            "conversation:load", {"conversationId": conversation_id, "afterSeq": last + 5}
+        )
+        assert future["data"]["code"] == "invalid_field", "afterSeq past the log is rejected"
         await back.wait_for(lambda e: e.get("seq") == last)
         await send_and_wait(client, conversation_id, "Still there?")
         await back.wait_for_reply(conversation_id)

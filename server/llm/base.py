@@ -17,6 +17,11 @@ class ChatMessage:
 class GenerationOptions:
     max_tokens: int = 160
     temperature: float = 0.6
+    top_p: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    # Another model of the same backend for this reply; None uses the server's.
+    model: str | None = None
 
 
 class LLMUnavailableError(Exception):

@@ -132,6 +132,9 @@ class LlamaChatModel:
             stream=True,
             max_tokens=options.max_tokens,
             temperature=options.temperature,
+            top_p=options.top_p if options.top_p is not None else 0.95,
+            frequency_penalty=options.frequency_penalty or 0.0,
+            presence_penalty=options.presence_penalty or 0.0,
         )
         for part in stream:
             if stop is not None and stop.is_set():

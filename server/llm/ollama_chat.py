@@ -36,12 +36,18 @@ class OllamaChatModel:
         self, messages: list[ChatMessage], options: GenerationOptions
     ) -> AsyncGenerator[str, None]:
         payload = [{"role": m.role, "content": m.content} for m in messages]
+        settings: dict[str, float | int] = {
+            "num_predict": options.max_tokens,
+            "temperature": options.temperature,
+        }
+        for name in ("top_p", "frequency_penalty", "presence_penalty"):
+            value = getattr(options, name)
+            if value is not None:
+                settings[name] = value
+        model = options.model or self.model
         try:
             stream = await self._client.chat(
-                model=self.model,
-                messages=payload,
-                stream=True,
-                options={"num_predict": options.max_tokens, "temperature": options.temperature},
+                model=model, messages=payload, stream=True, options=settings
             )
             async for part in stream:
                 text = part.message.content
@@ -49,7 +55,7 @@ class OllamaChatModel:
                     yield text
         except ollama.ResponseError as exc:
             raise LLMUnavailableError(
-                f"Ollama at {self.host} rejected model {self.model!r}: {exc.error}"
+                f"Ollama at {self.host} rejected model {model!r}: {exc.error}"
             ) from exc
         except (httpx.HTTPError, ConnectionError, ValueError) as exc:
             # ValueError covers a stream cut off mid-line (invalid JSON from the client).
