@@ -13,7 +13,7 @@ import json
 import logging
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import asyncpg
@@ -27,6 +27,10 @@ class Subscriber(Protocol):
     def deliver(self, seq: int | None, message: str) -> None:
         """Take one event (seq None: not in the log); must not block, because it runs
         under the publish lock."""
+
+
+# Writes an event's row and the event itself together; returns the event's seq.
+EventStore = Callable[[dict[str, Any]], Awaitable[int]]
 
 
 def event_json(
@@ -75,16 +79,21 @@ class EventBus:
         *,
         origin: Subscriber | None = None,
         request_id: str | None = None,
+        store: EventStore | None = None,
     ) -> int:
         """Store the event in the log, then send it; return its seq.
 
         The origin subscriber (the connection whose request caused the event) gets its
-        copy with the request's requestId.
+        copy with the request's requestId. store, when given, writes the event together
+        with the row it is about and returns its seq; it may add fields to data.
         """
         data = {"conversationId": str(conversation_id), **data}
         lock = self._locks.setdefault(conversation_id, asyncio.Lock())
         async with lock:
-            seq = await append_event(self._pool, conversation_id, event_type, data)
+            if store is None:
+                seq = await append_event(self._pool, conversation_id, event_type, data)
+            else:
+                seq = await store(data)
             message = event_json(event_type, data, seq=seq)
             for subscriber in list(self._subscribers.get(conversation_id, [])):
                 if subscriber is origin and request_id is not None:

@@ -34,7 +34,7 @@ from server.json_views import chunk_audio_json
 from server.protocol import RequestAudio, SendMessage
 from server.reply_pipeline import ReplyPipeline, TurnClock
 from storage.chunks import set_tts_status
-from storage.conversations import get_conversation, insert_message
+from storage.conversations import get_conversation, insert_message, insert_message_with_event
 from storage.history import get_chunk
 
 if TYPE_CHECKING:
@@ -100,26 +100,55 @@ class MessageService:
         clock.mark("turn_detected")
         if request.inputMethod == "voice":
             body = await self._store_voice(conversation_id, request)
+            clock.mark("stt_done")
+            await services.bus.publish(
+                conversation_id, "message:received", body, origin=origin, request_id=request_id
+            )
         else:
-            message = await insert_message(
-                services.pool,
+            clock.mark("stt_done")
+            await self._store_text(conversation_id, request.content or "", origin, request_id)
+        self._start_reply(conversation_id, clock, speak=request.speak)
+
+    async def _store_text(
+        self,
+        conversation_id: uuid.UUID,
+        content: str,
+        origin: Subscriber | None,
+        request_id: str | None,
+    ) -> None:
+        """Store a text message and publish it, in one database round trip."""
+        pool = self._services.pool
+        message_id = uuid.uuid4()
+        metadata = {"inputMethod": "text"}
+
+        async def store(data: dict[str, Any]) -> int:
+            message, seq = await insert_message_with_event(
+                pool,
                 conversation_id,
                 "user",
-                request.content or "",
-                metadata={"inputMethod": "text"},
+                content,
+                event_type="message:received",
+                data=data,
+                message_id=message_id,
+                metadata=metadata,
             )
-            body = {
-                "messageId": str(message.id),
-                "role": "user",
-                "content": message.content,
-                "sequenceNumber": message.sequence_number,
-                "metadata": {"inputMethod": "text"},
-            }
-        clock.mark("stt_done")
-        await services.bus.publish(
-            conversation_id, "message:received", body, origin=origin, request_id=request_id
+            data["sequenceNumber"] = message.sequence_number
+            return seq
+
+        body = {
+            "messageId": str(message_id),
+            "role": "user",
+            "content": content,
+            "metadata": metadata,
+        }
+        await self._services.bus.publish(
+            conversation_id,
+            "message:received",
+            body,
+            origin=origin,
+            request_id=request_id,
+            store=store,
         )
-        self._start_reply(conversation_id, clock, speak=request.speak)
 
     async def _store_voice(
         self, conversation_id: uuid.UUID, request: SendMessage

@@ -17,8 +17,13 @@ from server.chunking import ReplyChunk, ReplyChunker
 from server.json_views import chunk_audio_json
 from server.llm.base import ChatMessage, GenerationOptions, LLMUnavailableError
 from server.prompts import tutor_system_prompt
-from storage.chunks import insert_chunk, reset_unfinished_chunks, set_tts_status
-from storage.conversations import StoredMessage, finish_message, insert_message, recent_messages
+from storage.chunks import insert_chunk_with_event, reset_unfinished_chunks, set_tts_status
+from storage.conversations import (
+    StoredMessage,
+    finish_message_with_event,
+    insert_message,
+    recent_messages,
+)
 
 if TYPE_CHECKING:
     import asyncpg
@@ -191,23 +196,30 @@ class ReplyPipeline:
             self._message = await insert_message(
                 pool, self._conversation_id, "assistant", "", metadata={"status": "generating"}
             )
-        await insert_chunk(
-            pool,
-            state.chunk_id,
-            self._message.id,
-            chunk.index,
-            text=chunk.text,
-            emotion=chunk.emotion,
-            icon=chunk.icon,
-            pause_after_s=chunk.pause_after_s,
-            emphasis=chunk.emphasis,
-        )
+        message_id = self._message.id
+
+        async def store(data: dict[str, Any]) -> int:
+            return await insert_chunk_with_event(
+                pool,
+                self._conversation_id,
+                "chunk:generated",
+                data,
+                state.chunk_id,
+                message_id,
+                chunk.index,
+                text=chunk.text,
+                emotion=chunk.emotion,
+                icon=chunk.icon,
+                pause_after_s=chunk.pause_after_s,
+                emphasis=chunk.emphasis,
+            )
+
         await self._services.bus.publish(
             self._conversation_id,
             "chunk:generated",
             {
                 "chunkId": str(state.chunk_id),
-                "messageId": str(self._message.id),
+                "messageId": str(message_id),
                 "chunkIndex": chunk.index,
                 "text": chunk.text,
                 "emotion": chunk.emotion,
@@ -216,6 +228,7 @@ class ReplyPipeline:
                 "emphasis": chunk.emphasis,
                 "ttsStatus": "pending",
             },
+            store=store,
         )
         state.stored.set()
 
@@ -316,7 +329,17 @@ class ReplyPipeline:
             "level": self._level,
             "timingsMs": self._clock.report(),
         }
-        await finish_message(pool, message.id, content, metadata)
+
+        async def store(data: dict[str, Any]) -> int:
+            return await finish_message_with_event(
+                pool,
+                self._conversation_id,
+                message.id,
+                content,
+                metadata,
+                event_type="message:received",
+                data=data,
+            )
 
         await self._services.bus.publish(
             self._conversation_id,
@@ -329,6 +352,7 @@ class ReplyPipeline:
                 "chunks": [self._chunk_json(state) for state in self._chunks],
                 "metadata": metadata,
             },
+            store=store,
         )
         logger.info(
             "conversation %s: reply %s %s with %d chunks",

@@ -25,6 +25,8 @@ class Settings:
     # HTTP
     host: str = "127.0.0.1"
     port: int = 8080
+    # "uvloop" (libuv) or "asyncio" (the standard library's loop).
+    event_loop: str = "uvloop"
 
     # Storage: with database_url unset, an embedded PostgreSQL runs in data_dir/postgres.
     data_dir: Path = field(default_factory=lambda: Path(platformdirs.user_data_dir("parley")))
@@ -125,6 +127,10 @@ class Settings:
             raise SettingsError(
                 f"PARLEY_JITTER_PREFETCH_PACKETS={self.jitter_prefetch_packets} is invalid: use 1-8"
             )
+        if self.event_loop not in EVENT_LOOPS:
+            raise SettingsError(
+                f"PARLEY_EVENT_LOOP={self.event_loop!r} is invalid: use uvloop or asyncio"
+            )
         if self.llm_backend not in LLM_BACKENDS:
             raise SettingsError(
                 f"PARLEY_LLM_BACKEND={self.llm_backend!r} is invalid: use one of "
@@ -159,6 +165,7 @@ class Settings:
 
 
 LLM_BACKENDS = ("auto", "ollama", "embedded")
+EVENT_LOOPS = ("uvloop", "asyncio")
 
 # Settings that keep the names their ecosystems already use.
 _ENV_NAMES = {"database_url": "DATABASE_URL", "ollama_host": "OLLAMA_HOST"}

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import asyncpg
+
+from storage.events import write_with_event
 
 TTS_STATUSES = ("pending", "processing", "completed", "failed")
 
@@ -22,6 +25,43 @@ async def insert_chunk(
     emphasis: bool,
 ) -> None:
     await pool.execute(
+        """
+        INSERT INTO message_chunks
+            (id, message_id, chunk_index, text, emotion, icon, pause_after, emphasis)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        """,
+        chunk_id,
+        message_id,
+        chunk_index,
+        text,
+        emotion,
+        icon,
+        pause_after_s,
+        emphasis,
+    )
+
+
+async def insert_chunk_with_event(
+    pool: asyncpg.Pool,
+    conversation_id: uuid.UUID,
+    event_type: str,
+    data: dict[str, Any],
+    chunk_id: uuid.UUID,
+    message_id: uuid.UUID,
+    chunk_index: int,
+    *,
+    text: str,
+    emotion: str,
+    icon: str,
+    pause_after_s: float,
+    emphasis: bool,
+) -> int:
+    """Insert a chunk and append its event in one statement; return the event's seq."""
+    return await write_with_event(
+        pool,
+        conversation_id,
+        event_type,
+        data,
         """
         INSERT INTO message_chunks
             (id, message_id, chunk_index, text, emotion, icon, pause_after, emphasis)

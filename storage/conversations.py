@@ -8,6 +8,8 @@ from typing import Any
 
 import asyncpg
 
+from storage.events import write_with_event
+
 
 @dataclass(frozen=True)
 class StoredMessage:
@@ -202,11 +204,85 @@ async def insert_message(
     )
 
 
-async def finish_message(
-    pool: asyncpg.Pool, message_id: uuid.UUID, content: str, metadata: dict[str, Any]
-) -> None:
-    """Set the final content and metadata of an assistant message built chunk by chunk."""
-    await pool.execute(
+async def insert_message_with_event(
+    pool: asyncpg.Pool,
+    conversation_id: uuid.UUID,
+    role: str,
+    content: str,
+    *,
+    event_type: str,
+    data: dict[str, Any],
+    message_id: uuid.UUID,
+    metadata: dict[str, Any] | None = None,
+) -> tuple[StoredMessage, int]:
+    """Store a message and append its event in one statement; return the message and the
+    event's seq. The stored event's data gets the message's sequenceNumber added.
+
+    One UPDATE bumps both counters of the conversation's row, since one statement cannot
+    update a row twice; its row lock keeps both sequences gap-free.
+    """
+    row = await pool.fetchrow(
+        """
+        WITH next AS (
+            UPDATE conversations
+            SET last_message_seq = last_message_seq + 1,
+                last_event_seq = last_event_seq + 1,
+                last_message_at = now(), updated_at = now()
+            WHERE id = $1
+            RETURNING last_message_seq, last_event_seq
+        ),
+        message AS (
+            INSERT INTO messages (id, conversation_id, role, content, sequence_number, metadata)
+            SELECT $2, $1, $3, $4, last_message_seq, $5 FROM next
+            RETURNING sequence_number, created_at
+        ),
+        event AS (
+            INSERT INTO conversation_events (conversation_id, seq, event_type, event_data)
+            SELECT $1, last_event_seq, $6,
+                   $7::jsonb || jsonb_build_object('sequenceNumber', last_message_seq)
+            FROM next
+            RETURNING seq
+        )
+        SELECT message.sequence_number, message.created_at, event.seq FROM message, event
+        """,
+        conversation_id,
+        message_id,
+        role,
+        content,
+        metadata,
+        event_type,
+        data,
+    )
+    if row is None:
+        raise LookupError(f"conversation {conversation_id} does not exist")
+    message = StoredMessage(
+        id=message_id,
+        conversation_id=conversation_id,
+        role=role,
+        content=content,
+        sequence_number=row["sequence_number"],
+        created_at=row["created_at"],
+    )
+    return message, row["seq"]
+
+
+async def finish_message_with_event(
+    pool: asyncpg.Pool,
+    conversation_id: uuid.UUID,
+    message_id: uuid.UUID,
+    content: str,
+    metadata: dict[str, Any],
+    *,
+    event_type: str,
+    data: dict[str, Any],
+) -> int:
+    """Set an assistant message's final content and metadata and append its event in one
+    statement; return the event's seq."""
+    return await write_with_event(
+        pool,
+        conversation_id,
+        event_type,
+        data,
         "UPDATE messages SET content = $2, metadata = $3 WHERE id = $1",
         message_id,
         content,
