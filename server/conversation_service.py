@@ -1,6 +1,6 @@
 """Conversation management for one user at a time: create, read, search, lifecycle, delete.
 
-Every method takes the acting user's id and answers `not_found` for a conversation that
+Every method takes the acting user's id and raises `not_found` for a conversation that
 does not exist or belongs to someone else, so a client cannot tell the two apart. Changes
 are published on the event bus (stored, then fanned out); reads return JSON-ready dicts.
 """
@@ -127,7 +127,8 @@ class ConversationService:
             metadata=metadata,
         )
         origin = subscribe(row["id"]) if subscribe is not None else None
-        body = conversation_json(row)
+        # conversation:created is the log's first event, so the conversation's lastSeq is 1.
+        body = {**conversation_json(row), "lastSeq": 1}
         await self._services.bus.publish(
             row["id"], "conversation:created", body, origin=origin, request_id=request_id
         )
@@ -138,7 +139,7 @@ class ConversationService:
 
     async def _post_opening(self, conversation_id: uuid.UUID, text: str) -> None:
         """Store the template's opening line as the tutor's first message, cut into chunks
-        like a reply. It is not synthesised, because nobody is listening yet:
+        like a reply. It is not synthesised, because no client is listening yet:
         audio:request synthesises a chunk on demand."""
         chunker = ReplyChunker(first_chunk_words=self._services.settings.first_chunk_words)
         chunks = chunker.feed(text) + chunker.finish()
@@ -333,7 +334,7 @@ class ConversationService:
 
 
 def _status_change(row: asyncpg.Record, previous: str) -> dict[str, Any]:
-    """The data of conversation:status-changed."""
+    """Build the data of conversation:status-changed."""
     return {
         "conversationId": str(row["id"]),
         "status": row["status"],

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# A voice message shorter than this holds no word worth transcribing.
+# A voice message shorter than this contains no word worth transcribing.
 MIN_VOICE_S = 0.2
 
 
@@ -196,7 +196,7 @@ class MessageService:
             ) from exc
         if len(samples) < MIN_VOICE_S * VAD_RATE_HZ:
             raise ClientError(
-                f"the voice message holds {len(samples) / VAD_RATE_HZ:.2f} s of audio; "
+                f"the voice message is too short ({len(samples) / VAD_RATE_HZ:.2f} s of audio); "
                 f"send at least {MIN_VOICE_S} s",
                 code="invalid_audio",
             )
@@ -286,7 +286,7 @@ class MessageService:
 
         A new synthesis publishes chunk:audio-ready in the conversation's log. When the
         requester is subscribed (subscriptions returns its subscriber), that logged copy
-        carries its requestId and this returns None, so it gets one answer, not two.
+        carries its requestId and this returns None, so the requester gets one response, not two.
         """
         chunk = await get_chunk(self._services.pool, request.chunkId)
         if (

@@ -84,7 +84,7 @@ async def message_history(request: web.Request) -> web.Response:
 
 
 async def conversation_events(request: web.Request) -> web.Response:
-    """The event log after afterSeq, for a client that catches up without a socket."""
+    """Return the event log after afterSeq, for a client that catches up without a socket."""
     services, user_id = await _user(request)
     conversation_id = _path_id(request)
     after = _query_int(request, "afterSeq", 0)

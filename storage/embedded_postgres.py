@@ -43,7 +43,11 @@ class EmbeddedPostgres:
         """Stop the server if this process started it. Blocking."""
         if self._server is None:
             return
-        logger.info("stopping embedded PostgreSQL in %s", self.pgdata)
+        # The package counts the processes using one data folder; the last one out stops it.
+        logger.info(
+            "releasing embedded PostgreSQL in %s (it stops unless another process uses it)",
+            self.pgdata,
+        )
         self._server.cleanup()
         self._server = None
 
