@@ -172,6 +172,9 @@ class ConversationService:
                     "pause": chunk.pause_after_s,
                     "emphasis": chunk.emphasis,
                     "ttsStatus": "pending",
+                    "audioFileId": None,
+                    "audioUrl": None,
+                    "audioDuration": None,
                 }
             )
         await self._services.bus.publish(

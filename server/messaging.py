@@ -307,10 +307,10 @@ class MessageService:
                 ),
             }
         if chunk["tts_status"] == "processing" or chunk["message_status"] == "generating":
-            # A running reply synthesises it: a second synthesis would race that one.
+            # A running reply may still synthesise it: a second synthesis would race.
             raise ConflictError(
-                f"chunk {request.chunkId} is being synthesised; its chunk:audio-ready event "
-                "follows for subscribers of the conversation",
+                f"chunk {request.chunkId} has no audio yet because its reply is still "
+                "running; request it again after the reply's message:received",
                 code="audio_not_ready",
             )
         origin = subscriptions(conversation_id)

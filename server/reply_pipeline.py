@@ -92,6 +92,13 @@ class ReplyPipeline:
         self._with_audio = speak or track is not None
         self._clock = clock
         self._task_name = task_name
+        llm_name = services.llm.name
+        chosen = self._ai_settings.get("model")
+        # The stored model name says which model replied: ai_settings.model when Ollama
+        # serves it, since the embedded backend ignores that setting.
+        self._model_name = (
+            f"ollama:{chosen}" if chosen and llm_name.startswith("ollama:") else llm_name
+        )
         self._message: StoredMessage | None = None
         self._chunks: list[ChunkState] = []
         # Bounded: the model waits when synthesis falls more than eight chunks behind.
@@ -325,7 +332,7 @@ class ReplyPipeline:
         content = " ".join(state.chunk.text for state in self._chunks)
         metadata: dict[str, Any] = {
             "status": status,
-            "model": self._services.llm.name,
+            "model": self._model_name,
             "level": self._level,
             "timingsMs": self._clock.report(),
         }

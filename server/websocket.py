@@ -14,9 +14,9 @@ from server.client_connection import ClientConnection
 
 logger = logging.getLogger(__name__)
 
-# A frame past this size makes aiohttp drop the connection (the client sees close code
-# 1006 with aiohttp 3.14). Smaller events over the protocol's limits get a too_large error
-# and the socket stays open.
+# A frame past this size makes aiohttp close the connection: with aiohttp 3.14 the client
+# sees close code 1009 or, when the reset comes first, 1006. Smaller events over the
+# protocol's limits get a too_large error and the socket stays open.
 FRAME_MARGIN_BYTES = 64 * 1024
 # WebSocket close code for a client that reads events slower than they are produced.
 CLOSE_TRY_AGAIN_LATER = 1013
