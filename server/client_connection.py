@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from server.errors import ClientError, ParleyError
+from server.errors import ClientError, NotFoundError, ParleyError
 from server.event_bus import event_json
 from server.protocol import (
     PROTOCOL_VERSION,
@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 # Client messages waiting for the worker; past this the connection is rate limited.
 MAX_QUEUED_MESSAGES = 64
+# Commas and colons a large voice event may contain outside its base64 audio.
+MAX_LARGE_EVENT_SEPARATORS = 64
 # Events read from the log per query while replaying; the replay waits for the transport
 # to drain between pages.
 REPLAY_PAGE = 256
@@ -187,6 +189,10 @@ class ClientConnection:
             await self._handlers[type(event)](event)
         except ParleyError as exc:
             self._answer_error(exc, event)
+        except LookupError as exc:
+            # The storage layer raises it when a conversation was deleted mid-request.
+            logger.info("%s: %s: %s", self.name, _describe(event), exc)
+            self._answer_error(NotFoundError(str(exc)), event)
         except Exception:
             logger.exception("%s: handling %s failed", self.name, _describe(event))
             self._answer_error(ParleyError("the server failed to handle the event"), event)
@@ -203,6 +209,14 @@ class ClientConnection:
         limit = max(settings.max_event_bytes, settings.max_voice_event_bytes)
         if size > limit:
             raise ClientError(f"event of {size} bytes is over the {limit} limit", code="too_large")
+        if size > settings.max_event_bytes and _separators(message) > MAX_LARGE_EVENT_SEPARATORS:
+            # Only a voice message may be large, and its size is one base64 string, which
+            # has no commas or colons. Anything else that large is rejected unparsed,
+            # since validating megabytes of keys would stall the event loop.
+            raise ClientError(
+                f"event of {size} bytes is over the {settings.max_event_bytes} limit",
+                code="too_large",
+            )
         event = parse_event(message, max_chars=settings.max_message_chars)
         is_voice = isinstance(event, SendMessageEvent) and event.data.inputMethod == "voice"
         if size > settings.max_event_bytes and not is_voice:
@@ -356,6 +370,10 @@ class ClientConnection:
 
     async def _ping(self, event: PingEvent) -> None:
         self.send_event("connection:pong", {"serverTime": time.time()}, request_id=event.requestId)
+
+
+def _separators(message: str) -> int:
+    return message.count(",") + message.count(":")
 
 
 def _describe(event: ClientEvent | None) -> str:

@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from server.chunking import ReplyChunker
-from server.errors import ConversationClosedError, InvalidTransitionError, NotFoundError
+from server.errors import (
+    ClientError,
+    ConversationClosedError,
+    InvalidTransitionError,
+    NotFoundError,
+)
 from server.event_bus import Subscriber
 from server.json_views import (
     conversation_json,
@@ -89,7 +94,7 @@ class ConversationService:
                 f"conversation {conversation_id} is {row['status']} and takes no new messages"
             )
         if row["status"] == "paused":
-            row = await self._transition(row, "active")
+            row, _resumed = await self._transition(row, "active")
         return row
 
     # -- create and read
@@ -254,14 +259,26 @@ class ConversationService:
         """Move the conversation to status; return the conversation:status-changed data
         and whether anything changed."""
         row = await self.owned(user_id, conversation_id)
-        if row["status"] == status:
-            # Setting the current status again changes nothing and publishes nothing.
-            return _status_change(row, row["status"]), False
         previous = row["status"]
-        row = await self._transition(row, status, origin=origin, request_id=request_id)
+        changed = False
+        if previous != status:
+            row, changed = await self._transition(row, status, origin=origin, request_id=request_id)
+        if not changed:
+            # Already in that status, perhaps set by a racing request: nothing changed
+            # and nothing is published.
+            return _status_change(row, row["status"]), False
         if status in CLOSED_STATUSES:
             await self._services.end_calls(conversation_id, f"conversation {status}")
         return _status_change(row, previous), True
+
+    def check_patch(self, row: asyncpg.Record, status: str | None, settings: bool) -> None:
+        """Raise the error a status change and a settings change together would meet,
+        before either is applied, so a rejected request changes nothing."""
+        if settings and row["status"] == "archived":
+            raise ConversationClosedError(f"conversation {row['id']} is archived")
+        moving = status is not None and status != row["status"]
+        if moving and status not in TRANSITIONS[row["status"]]:
+            raise _transition_error(row["id"], row["status"], str(status))
 
     async def _transition(
         self,
@@ -270,17 +287,19 @@ class ConversationService:
         *,
         origin: Subscriber | None = None,
         request_id: str | None = None,
-    ) -> asyncpg.Record:
+    ) -> tuple[asyncpg.Record, bool]:
+        """Move the conversation to status and publish the change; return the row and
+        whether this call made the change (False when a racing request made it first)."""
         previous = row["status"]
         allowed_from = tuple(s for s, targets in TRANSITIONS.items() if status in targets)
         updated = await store.change_status(self._pool, row["id"], status, allowed_from)
         if updated is None:
             current = await store.get_conversation(self._pool, row["id"])
-            now = current["status"] if current is not None else "deleted"
-            raise InvalidTransitionError(
-                f"conversation {row['id']} cannot go from {now} to {status}; from {now} it "
-                f"can go to: {', '.join(TRANSITIONS.get(now, ())) or 'nothing'}"
-            )
+            if current is None:
+                raise NotFoundError(f"conversation {row['id']} not found")
+            if current["status"] == status:
+                return current, False
+            raise _transition_error(row["id"], current["status"], status)
         await self._services.bus.publish(
             row["id"],
             "conversation:status-changed",
@@ -289,7 +308,7 @@ class ConversationService:
             request_id=request_id,
         )
         logger.info("conversation %s: %s -> %s", row["id"], previous, status)
-        return updated
+        return updated, True
 
     async def update(
         self,
@@ -304,6 +323,7 @@ class ConversationService:
         if row["status"] == "archived":
             raise ConversationClosedError(f"conversation {row['id']} is archived")
         changed = request.changed_settings()
+        self._check_model(request)
         changes: dict[str, Any] = {}
         for name in changed:
             value = getattr(request, name)
@@ -318,6 +338,16 @@ class ConversationService:
             row["id"], "conversation:updated", body, origin=origin, request_id=request_id
         )
         return body
+
+    def _check_model(self, request: SettingsChange) -> None:
+        model = request.aiSettings.model if request.aiSettings is not None else None
+        settings = self._services.settings
+        allowed = settings.ollama_allowed_models or (settings.ollama_model,)
+        if model is not None and model not in allowed:
+            raise ClientError(
+                f"model {model!r} is not allowed on this server: use one of "
+                f"{', '.join(allowed)} (PARLEY_OLLAMA_ALLOWED_MODELS)"
+            )
 
     async def delete(self, user_id: uuid.UUID, conversation_id: uuid.UUID) -> None:
         """Delete the conversation with its rows and audio files; end its calls first."""
@@ -334,6 +364,16 @@ class ConversationService:
             conversation_id,
             removed,
         )
+
+
+def _transition_error(
+    conversation_id: uuid.UUID, current: str, target: str
+) -> InvalidTransitionError:
+    allowed = ", ".join(TRANSITIONS.get(current, ())) or "nothing"
+    return InvalidTransitionError(
+        f"conversation {conversation_id} cannot go from {current} to {target}; "
+        f"from {current} it can go to: {allowed}"
+    )
 
 
 def _status_change(row: asyncpg.Record, previous: str) -> dict[str, Any]:

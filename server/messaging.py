@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import io
 import logging
 import uuid
 from collections.abc import Callable
@@ -17,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 import av
 import numpy as np
 
-from media.frames import read_audio_file
 from media.stt import TranscriptionError
 from media.tracks import ReplyAudioTrack
 from media.tts import SynthesisError
 from media.vad import VAD_RATE_HZ
+from media.voice_input import decode_voice
 from server.errors import (
     ClientError,
     ConflictError,
@@ -85,29 +84,74 @@ class MessageService:
         origin: Subscriber | None = None,
         request_id: str | None = None,
     ) -> None:
-        """Store a text or voice message, publish it, then start the reply."""
+        """Store a text or voice message, publish it, then start the reply.
+
+        The work runs in a task of its own: a client that disconnects right after sending
+        cancels its connection, and that must not stop a message between being stored and
+        being answered.
+        """
+        task = asyncio.create_task(
+            self._accept(user_id, request, origin, request_id),
+            name=f"send-{request.conversationId}",
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._send_done)
+        await asyncio.shield(task)
+
+    def _send_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        # Retrieved here too, because a sender that went away no longer awaits it.
+        if not task.cancelled() and task.exception() is not None:
+            logger.info("%s ended with %r", task.get_name(), task.exception())
+
+    async def _accept(
+        self,
+        user_id: uuid.UUID,
+        request: SendMessage,
+        origin: Subscriber | None,
+        request_id: str | None,
+    ) -> None:
         services = self._services
         conversation_id = request.conversationId
         await services.conversations.open_for_messages(user_id, conversation_id)
-        waiting_max = services.settings.max_waiting_replies
+        self._reserve_reply(conversation_id)
+        try:
+            clock = TurnClock()
+            clock.mark("speech_end")
+            clock.mark("turn_detected")
+            if request.inputMethod == "voice":
+                body = await self._store_voice(conversation_id, request)
+                clock.mark("stt_done")
+                await services.bus.publish(
+                    conversation_id,
+                    "message:received",
+                    body,
+                    origin=origin,
+                    request_id=request_id,
+                )
+            else:
+                clock.mark("stt_done")
+                await self._store_text(conversation_id, request.content or "", origin, request_id)
+        except BaseException:
+            self._release_reply(conversation_id)
+            raise
+        self._start_reply(conversation_id, clock, speak=request.speak)
+
+    def _reserve_reply(self, conversation_id: uuid.UUID) -> None:
+        """Count a reply for the conversation before its message is stored, so senders
+        racing each other cannot pass the limit together."""
+        waiting_max = self._services.settings.max_waiting_replies
         if self._replies[conversation_id] >= waiting_max:
             raise RateLimitedError(
                 f"conversation {conversation_id} already has {waiting_max} replies running "
                 "or waiting; send again when one has finished"
             )
-        clock = TurnClock()
-        clock.mark("speech_end")
-        clock.mark("turn_detected")
-        if request.inputMethod == "voice":
-            body = await self._store_voice(conversation_id, request)
-            clock.mark("stt_done")
-            await services.bus.publish(
-                conversation_id, "message:received", body, origin=origin, request_id=request_id
-            )
-        else:
-            clock.mark("stt_done")
-            await self._store_text(conversation_id, request.content or "", origin, request_id)
-        self._start_reply(conversation_id, clock, speak=request.speak)
+        self._replies[conversation_id] += 1
+
+    def _release_reply(self, conversation_id: uuid.UUID) -> None:
+        self._replies[conversation_id] -= 1
+        if self._replies[conversation_id] <= 0:
+            del self._replies[conversation_id]
 
     async def _store_text(
         self,
@@ -163,16 +207,21 @@ class MessageService:
             raise ServiceError("no speech was recognised in the voice message", code="stt_failed")
         file_id, duration_s = await services.audio_files.save(samples, VAD_RATE_HZ)
         metadata = {"inputMethod": "voice"}
-        message = await insert_message(
-            services.pool,
-            conversation_id,
-            "user",
-            transcript.text,
-            stt_transcript=transcript.text,
-            audio_file_id=file_id,
-            audio_duration_s=duration_s,
-            metadata=metadata,
-        )
+        try:
+            message = await insert_message(
+                services.pool,
+                conversation_id,
+                "user",
+                transcript.text,
+                stt_transcript=transcript.text,
+                audio_file_id=file_id,
+                audio_duration_s=duration_s,
+                metadata=metadata,
+            )
+        except LookupError as exc:
+            # Deleted while the message was transcribed: its audio must not stay behind.
+            await services.audio_files.delete([file_id])
+            raise NotFoundError(f"conversation {conversation_id} not found") from exc
         return {
             "messageId": str(message.id),
             "role": "user",
@@ -187,9 +236,7 @@ class MessageService:
     async def _decode_voice(self, data: bytes) -> np.ndarray:
         max_s = self._services.settings.max_voice_s
         try:
-            samples = await asyncio.to_thread(
-                read_audio_file, io.BytesIO(data), VAD_RATE_HZ, max_seconds=max_s
-            )
+            samples = await asyncio.to_thread(decode_voice, data, VAD_RATE_HZ, max_s)
         except (av.error.FFmpegError, ValueError, OSError) as exc:
             raise ClientError(
                 f"the voice message is not audio that can be decoded: {exc}", code="invalid_audio"
@@ -209,7 +256,6 @@ class MessageService:
         # message: it goes on if that connection drops, and a reconnect replays it.
         call = self._services.call_for(conversation_id)
         track = call.reply_track if call is not None else None
-        self._replies[conversation_id] += 1
         task = asyncio.create_task(
             self._reply_then_release(conversation_id, clock, track, speak),
             name=f"reply-{conversation_id}",
@@ -227,9 +273,7 @@ class MessageService:
         try:
             await self.reply(conversation_id, clock=clock, track=track, speak=speak)
         finally:
-            self._replies[conversation_id] -= 1
-            if self._replies[conversation_id] <= 0:
-                del self._replies[conversation_id]
+            self._release_reply(conversation_id)
 
     def _reply_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -346,11 +390,16 @@ class MessageService:
             pool, chunk["id"], "completed", audio_file_id=file_id, audio_duration_s=duration_s
         )
         body = chunk_audio_json(chunk["id"], chunk["message_id"], file_id, duration_s)
-        await services.bus.publish(
-            chunk["conversation_id"],
-            "chunk:audio-ready",
-            body,
-            origin=origin,
-            request_id=request_id,
-        )
+        try:
+            await services.bus.publish(
+                chunk["conversation_id"],
+                "chunk:audio-ready",
+                body,
+                origin=origin,
+                request_id=request_id,
+            )
+        except LookupError as exc:
+            # Deleted during synthesis: the new file has no row left to own it.
+            await services.audio_files.delete([file_id])
+            raise NotFoundError(f"chunk {chunk['id']} not found") from exc
         return {"conversationId": str(chunk["conversation_id"]), **body}

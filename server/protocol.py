@@ -33,6 +33,10 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 PROTOCOL_VERSION = "1.0"
 
+# Message sequence numbers are PostgreSQL INTEGER, event seqs BIGINT.
+MAX_INT32 = 2**31 - 1
+MAX_INT64 = 2**63 - 1
+
 Level = Literal["A1", "A2", "B1", "B2", "C1", "C2"]
 Status = Literal["active", "paused", "completed", "archived"]
 MemoryStrategy = Literal["sliding", "summarization", "hierarchical", "semantic"]
@@ -73,7 +77,7 @@ class CreateConversation(Model):
 class LoadConversation(Model):
     conversationId: uuid.UUID
     # Replay every stored event after this seq, then continue live.
-    afterSeq: int | None = Field(default=None, ge=0)
+    afterSeq: int | None = Field(default=None, ge=0, le=MAX_INT64)
     messageLimit: int = Field(default=50, ge=0, le=200)
 
 
@@ -86,9 +90,9 @@ class ListConversations(Model):
 class MessageHistory(Model):
     conversationId: uuid.UUID
     # Newest first, from before this sequence number (default: the newest message).
-    beforeSequence: int | None = Field(default=None, ge=1)
+    beforeSequence: int | None = Field(default=None, ge=1, le=MAX_INT32)
     # Oldest first, from after this sequence number. Excludes beforeSequence.
-    afterSequence: int | None = Field(default=None, ge=0)
+    afterSequence: int | None = Field(default=None, ge=0, le=MAX_INT32)
     limit: int = Field(default=50, ge=1, le=200)
 
     @model_validator(mode="after")
@@ -162,6 +166,8 @@ class ConversationPatch(SettingsChange):
 
     @model_validator(mode="after")
     def _something_to_change(self) -> ConversationPatch:
+        if "status" in self.model_fields_set and self.status is None:
+            raise ValueError("status cannot be null: leave it out to keep the status")
         if self.status is None and not self.changed_settings():
             raise ValueError("name a status or at least one setting to change")
         return self
@@ -322,6 +328,9 @@ EVENT_TYPES = frozenset(
 MAX_ECHOED_CHARS = 64
 
 
+LONE_SURROGATE = "the input contains text that is not valid Unicode (a lone surrogate)"
+
+
 class _RequestIdOnly(BaseModel):
     """The requestId of an event that failed validation, so its error can echo it."""
 
@@ -343,7 +352,7 @@ def parse_event(raw: str | bytes, *, max_chars: int) -> ClientEvent:
     if isinstance(envelope, dict):
         # pydantic's parser rejects an unpaired surrogate escape such as "\ud800" as bad
         # JSON. It is valid JSON; the problem is text that cannot be stored as UTF-8.
-        error = ClientError("the event contains text that is not valid Unicode (a lone surrogate)")
+        error = ClientError(LONE_SURROGATE)
     elif envelope is not None:
         error = ClientError("an event must be a JSON object", code="bad_json")
     if error.code != "bad_json" or envelope is not None:
@@ -368,7 +377,11 @@ def parse_body(model: type[ModelT], raw: str | bytes) -> ModelT:
     try:
         return model.model_validate_json(raw, strict=True)
     except ValidationError as exc:
-        raise validation_error(exc) from None
+        error = validation_error(exc)
+        kind = exc.errors(include_url=False)[0]["type"]
+    if kind == "json_invalid" and isinstance(_python_json(raw), dict):
+        error = ClientError(LONE_SURROGATE)
+    raise error
 
 
 def validation_error(exc: ValueError) -> ClientError:

@@ -3,6 +3,7 @@ and settings changes, delete, templates and the event log. Every route needs a t
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -103,15 +104,18 @@ async def conversation_events(request: web.Request) -> web.Response:
 
 
 async def patch_conversation(request: web.Request) -> web.Response:
-    """Change the status, the settings, or both (the status first)."""
+    """Change the settings, the status, or both (the settings first, so that settings sent
+    with an archive request still apply)."""
     services, user_id = await _user(request)
     conversation_id = _path_id(request)
     patch = parse_body(ConversationPatch, await read_body(request, MAX_BODY_BYTES))
     conversations = services.conversations
-    if patch.status is not None:
-        await conversations.set_status(user_id, conversation_id, patch.status)
+    current = await conversations.owned(user_id, conversation_id)
+    conversations.check_patch(current, patch.status, bool(patch.changed_settings()))
     if patch.changed_settings():
         await conversations.update(user_id, conversation_id, patch)
+    if patch.status is not None:
+        await conversations.set_status(user_id, conversation_id, patch.status)
     row = await conversations.owned(user_id, conversation_id)
     return web.json_response(conversation_json(row))
 
@@ -143,7 +147,8 @@ def _query_int(request: web.Request, name: str, default: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or len(raw) > 18:
+    # ASCII digits only: str.isdigit() also accepts characters such as "²" that int() rejects.
+    if not re.fullmatch(r"[0-9]{1,18}", raw):
         raise ClientError(f"query parameter {name!r} must be a whole number, not {raw[:20]!r}")
     return int(raw)
 

@@ -20,6 +20,7 @@ from server.llm.base import ChatModel
 from server.llm.selection import open_chat_model
 from server.settings import Settings, SettingsError
 from storage.audio_files import AudioFileStore
+from storage.chunks import recover_interrupted_replies
 from storage.database import Database, open_database
 
 if TYPE_CHECKING:
@@ -91,6 +92,11 @@ async def open_services(settings: Settings) -> Services:
         settings.tts_voice or default_voice_path(), length_scale=settings.tts_length_scale
     )
     try:
+        recovered = await recover_interrupted_replies(database.pool)
+        if recovered:
+            logger.info(
+                "marked %d replies left generating by the last run as interrupted", recovered
+            )
         _, _, llm = await asyncio.gather(
             asyncio.to_thread(stt.load), asyncio.to_thread(tts.load), open_chat_model(settings)
         )

@@ -37,6 +37,9 @@ class Settings:
     llm_backend: str = "auto"
     ollama_host: str = "http://127.0.0.1:11434"
     ollama_model: str = "smollm2:135m"
+    # Ollama models a conversation may choose in its aiSettings; empty allows only
+    # ollama_model, so one user cannot load arbitrary models on a shared Ollama.
+    ollama_allowed_models: tuple[str, ...] = ()
     ollama_probe_timeout_s: float = 2.0
     llm_model_path: str = ""
     llm_context_tokens: int = 2048

@@ -113,3 +113,35 @@ async def reset_unfinished_chunks(pool: asyncpg.Pool, message_id: uuid.UUID) -> 
         message_id,
     )
     return int(result.split()[-1])
+
+
+async def recover_interrupted_replies(pool: asyncpg.Pool) -> int:
+    """Close replies that a previous run left generating; return how many.
+
+    A server that stopped mid-reply (killed, crashed) left its message `generating` with
+    empty content and chunks `processing`. Each becomes `interrupted`, with the text of
+    the chunks it stored, and its chunks can be synthesised again on request.
+    NOTE: this assumes one server per database; a second live server's replies in
+    progress would be closed too.
+    """
+    async with pool.acquire() as connection, connection.transaction():
+        await connection.execute(
+            """
+            UPDATE message_chunks SET tts_status = 'pending'
+            WHERE tts_status = 'processing' AND message_id IN (
+                SELECT id FROM messages WHERE metadata->>'status' = 'generating'
+            )
+            """
+        )
+        result: str = await connection.execute(
+            """
+            UPDATE messages SET
+                metadata = jsonb_set(metadata, '{status}', '"interrupted"'),
+                content = coalesce((
+                    SELECT string_agg(text, ' ' ORDER BY chunk_index) FROM message_chunks
+                    WHERE message_id = messages.id
+                ), '')
+            WHERE metadata->>'status' = 'generating'
+            """
+        )
+    return int(result.split()[-1])
