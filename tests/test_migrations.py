@@ -11,6 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from storage.chunks import insert_chunk, recover_interrupted_replies
 from storage.conversations import create_conversation, insert_message
 from storage.database import init_connection, upgrade_schema
 from storage.users import UserExistsError, create_user, issue_token, token_digest, user_for_token
@@ -383,3 +384,45 @@ async def test_builtin_templates_are_seeded(pool: asyncpg.Pool) -> None:
 async def test_insert_into_missing_conversation_raises(pool: asyncpg.Pool) -> None:
     with pytest.raises(LookupError, match="does not exist"):
         await insert_message(pool, uuid.uuid4(), "user", "hello")
+
+
+async def test_crashed_reply_is_closed_at_start(pool: asyncpg.Pool) -> None:
+    user_id, _token = await create_user(pool, "dana")
+    conversation = await create_conversation(pool, user_id, title="Crash")
+    message = await insert_message(
+        pool, conversation["id"], "assistant", "", metadata={"status": "generating"}
+    )
+    for index, (text, status) in enumerate(
+        [("Hello there.", "completed"), ("How are", "processing")]
+    ):
+        await insert_chunk(
+            pool,
+            uuid.uuid4(),
+            message.id,
+            index,
+            text=text,
+            emotion="happy",
+            icon="🙂",
+            pause_after_s=0.0,
+            emphasis=False,
+        )
+        await pool.execute(
+            "UPDATE message_chunks SET tts_status = $2 WHERE message_id = $1 AND chunk_index = $3",
+            message.id,
+            status,
+            index,
+        )
+
+    recovered = await recover_interrupted_replies(pool)
+    again = await recover_interrupted_replies(pool)
+    row = await pool.fetchrow("SELECT content, metadata FROM messages WHERE id = $1", message.id)
+    statuses = await pool.fetch(
+        "SELECT tts_status FROM message_chunks WHERE message_id = $1 ORDER BY chunk_index",
+        message.id,
+    )
+
+    assert recovered == 1
+    assert again == 0
+    assert row["metadata"]["status"] == "interrupted"
+    assert row["content"] == "Hello there. How are"
+    assert [s["tts_status"] for s in statuses] == ["completed", "pending"]
