@@ -118,14 +118,21 @@ class ReplyPipeline:
         messages = [ChatMessage("system", tutor_system_prompt(self._level, self._scenario))]
         messages += [ChatMessage(row["role"], row["content"]) for row in history]
 
-        speaker = asyncio.create_task(self._speak_chunks(), name=f"{self._task_name}-tts")
+        # A reply without audio needs no speaker task: its chunks are never queued.
+        speaker = (
+            asyncio.create_task(self._speak_chunks(), name=f"{self._task_name}-tts")
+            if self._with_audio
+            else None
+        )
         try:
             status = await self._generate(messages)
-            await self._tts_queue.put(None)
-            await speaker
+            if speaker is not None:
+                await self._tts_queue.put(None)
+                await speaker
         except BaseException as exc:
-            speaker.cancel()
-            await asyncio.gather(speaker, return_exceptions=True)
+            if speaker is not None:
+                speaker.cancel()
+                await asyncio.gather(speaker, return_exceptions=True)
             cancelled = isinstance(exc, asyncio.CancelledError)
             await self._store_outcome("interrupted" if cancelled else "failed")
             raise
