@@ -1,11 +1,15 @@
 """Measure the event protocol's throughput: text messages over /ws, each stored with its
 events and fanned out to two subscribers, with an instant stand-in for the language model.
 
-    .venv/bin/python -m bench.events [--conversations N] [--messages N] [--window N]
+    .venv/bin/python -m bench.events [--llm instant|ollama-standin] [--conversations N]
+        [--messages N] [--window N]
 
-It starts its own `parley serve` on 127.0.0.1 with the embedded PostgreSQL, and the Ollama
-stand-in from the tests in a child process, so the server's model calls cost it one local
-HTTP request each and no inference. Every conversation has two WebSockets: the sender,
+It starts its own `parley serve` on 127.0.0.1 with the embedded PostgreSQL. With
+`--llm instant` (the default) the server runs through bench.instant_llm_server, whose
+language model yields the reply at once in-process, so only the event path is measured.
+With `--llm ollama-standin` the server uses the real `ollama` client against the Ollama
+stand-in from the tests in a child process: one local HTTP request per reply, no
+inference. Every conversation has two WebSockets: the sender,
 which creates the conversation (so it is subscribed) and sends `message:send` with
 `speak: false`, and a watcher that subscribes with `conversation:load`. Each message makes
 4 stored events: the user's message:received, one chunk:generated per sentence of the
@@ -101,6 +105,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=1,
         help="messages per conversation sent without waiting for their reply (default 1)",
     )
+    parser.add_argument(
+        "--llm",
+        choices=("instant", "ollama-standin"),
+        default="instant",
+        help="instant: an in-process stand-in that yields the reply at once, so only the "
+        "event path is measured (default); ollama-standin: the real ollama client against "
+        "a stand-in Ollama server in another process",
+    )
     args = parser.parse_args(argv)
     for name in ("conversations", "messages", "window"):
         if getattr(args, name) < 1:
@@ -111,14 +123,28 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 async def _run(args: argparse.Namespace) -> None:
+    limits = {
+        "PARLEY_CLIENT_EVENTS_PER_S": UNLIMITED_RATE,
+        "PARLEY_CLIENT_EVENT_BURST": UNLIMITED_RATE,
+        "PARLEY_MAX_WAITING_REPLIES": str(max(64, args.window)),
+    }
+    if args.llm == "instant":
+        async with local_server(limits, module="bench.instant_llm_server") as server:
+            health = await fetch_health(server.url)
+            load_before = os.getloadavg()
+            try:
+                result = await _measure(server, None, args)
+            except Exception:
+                print(f"server log ends:\n{server.log_tail()}", file=sys.stderr)
+                raise
+        _print_report(args, health, result, (load_before, os.getloadavg()))
+        return
     async with _standin() as standin_process:
         extra_env = {
             "PARLEY_LLM_BACKEND": "ollama",
             "OLLAMA_HOST": standin_process.url,
             "PARLEY_OLLAMA_MODEL": MODEL,
-            "PARLEY_CLIENT_EVENTS_PER_S": UNLIMITED_RATE,
-            "PARLEY_CLIENT_EVENT_BURST": UNLIMITED_RATE,
-            "PARLEY_MAX_WAITING_REPLIES": str(max(64, args.window)),
+            **limits,
         }
         async with local_server(extra_env) as server:
             health = await fetch_health(server.url)
@@ -373,11 +399,13 @@ class Result:
     clients_cpu_s: float
 
 
-async def _measure(server: LocalServer, standin_pid: int, args: argparse.Namespace) -> Result:
+async def _measure(
+    server: LocalServer, standin_pid: int | None, args: argparse.Namespace
+) -> Result:
     processes = (
         psutil.Process(server.process.pid),
         _postmaster(server),
-        psutil.Process(standin_pid),
+        psutil.Process(standin_pid) if standin_pid is not None else None,
         psutil.Process(),
     )
     conversations: list[BenchConversation] = []
@@ -479,7 +507,7 @@ def _postmaster(server: LocalServer) -> psutil.Process | None:
 def _cpu_seconds(
     server: psutil.Process,
     postmaster: psutil.Process | None,
-    standin: psutil.Process,
+    standin: psutil.Process | None,
     clients: psutil.Process,
 ) -> CpuSeconds:
     postgres: dict[int, float] = {}
@@ -492,7 +520,7 @@ def _cpu_seconds(
         server_user=server_times.user,
         server_system=server_times.system,
         postgres=postgres,
-        standin=_process_cpu_s(standin),
+        standin=_process_cpu_s(standin) if standin is not None else 0.0,
         clients=_process_cpu_s(clients),
     )
 
@@ -526,7 +554,7 @@ def _print_report(
         f"== event throughput: {args.conversations} conversations x {args.messages} messages "
         f"(after {args.warmup} warm-up), window {args.window}, 2 subscribers each"
     )
-    print(f"language model: {health.get('llm')} (the Ollama stand-in), speak: false")
+    print(f"language model: {health.get('llm')} (--llm {args.llm}), speak: false")
     print(f"wall time                      {wall_s:10.2f} s")
     print(f"messages sent                  {result.messages:10d}")
     per_message = result.stored_events / result.messages
@@ -557,7 +585,7 @@ def _print_report(
     else:
         postgres_cores = result.postgres_cpu_s / wall_s
         print(f"embedded PostgreSQL (all procs)  {postgres_cores:6.2f}")
-    print(f"Ollama stand-in                  {result.standin_cpu_s / wall_s:6.2f}")
+    print(f"Ollama stand-in process          {result.standin_cpu_s / wall_s:6.2f}")
     print(f"benchmark clients                {result.clients_cpu_s / wall_s:6.2f}")
 
     print()

@@ -71,16 +71,17 @@ async def fetch_health(url: str) -> dict[str, Any]:
 
 @contextlib.asynccontextmanager
 async def local_server(
-    extra_env: Mapping[str, str] | None = None,
+    extra_env: Mapping[str, str] | None = None, module: str = "server.cli"
 ) -> AsyncIterator[LocalServer]:
     """Run `parley serve` for the body of the `async with`, then stop it and delete its
     data folder.
 
-    extra_env sets environment variables of the server, over the defaults below.
+    extra_env sets environment variables of the server, over the defaults below. module
+    is the one run as `python -m MODULE serve`, for a launcher that wraps the CLI.
     """
     temp_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="parley-bench-"))
     try:
-        server = await _start(temp_dir, extra_env or {})
+        server = await _start(temp_dir, extra_env or {}, module)
         try:
             yield server
         finally:
@@ -89,7 +90,7 @@ async def local_server(
         await asyncio.to_thread(shutil.rmtree, temp_dir, True)
 
 
-async def _start(temp_dir: Path, extra_env: Mapping[str, str]) -> LocalServer:
+async def _start(temp_dir: Path, extra_env: Mapping[str, str], module: str) -> LocalServer:
     port = free_port()
     data_dir = temp_dir / "data"
     env = {
@@ -104,7 +105,7 @@ async def _start(temp_dir: Path, extra_env: Mapping[str, str]) -> LocalServer:
     # DATABASE_URL passes through when set. Without it, the server starts an embedded
     # PostgreSQL inside data_dir.
     log_path = temp_dir / "server.log"
-    process = await asyncio.to_thread(_spawn, port, env, log_path)
+    process = await asyncio.to_thread(_spawn, port, env, log_path, module)
     server = LocalServer(f"http://127.0.0.1:{port}", process, log_path, env)
     logger.info("started parley serve (pid %d) on %s, log %s", process.pid, server.url, log_path)
 
@@ -117,8 +118,10 @@ async def _start(temp_dir: Path, extra_env: Mapping[str, str]) -> LocalServer:
     return server
 
 
-def _spawn(port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1"]
+def _spawn(
+    port: int, env: dict[str, str], log_path: Path, module: str
+) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", module, "serve", "--host", "127.0.0.1"]
     command += ["--port", str(port)]
     with open(log_path, "wb") as log:
         return subprocess.Popen(
