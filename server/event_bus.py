@@ -118,9 +118,10 @@ class EventBus:
         )
 
     def notify(self, conversation_id: uuid.UUID, event_type: str, data: dict[str, Any]) -> None:
-        """Send an event that cannot be logged, because its conversation is gone."""
+        """Send an event that cannot be logged, because its conversation is gone, then drop
+        the conversation's subscribers: no event can follow it."""
         message = event_json(event_type, {"conversationId": str(conversation_id), **data})
-        for subscriber in list(self._subscribers.get(conversation_id, [])):
+        for subscriber in self._subscribers.pop(conversation_id, []):
             try:
                 subscriber.deliver(None, message)
             except Exception:
