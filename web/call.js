@@ -48,7 +48,7 @@ export class CallSession {
   }
 
   createPeerConnection() {
-    // No ICE servers: the server and the browser reach each other directly.
+    // No ICE servers, so no STUN or TURN server is contacted: only host candidates are used.
     const pc = new RTCPeerConnection({ iceServers: [] });
     pc.addEventListener('connectionstatechange', () => {
       this.onState({ state: pc.connectionState });
@@ -120,7 +120,7 @@ async function openMicrophone(rawAudio) {
     return await navigator.mediaDevices.getUserMedia({ audio });
   } catch (error) {
     if (error.name === 'NotAllowedError' || error.name === 'SecurityError') {
-      throw new MicrophoneError('microphone permission was refused, so the call cannot ' +
+      throw new MicrophoneError('microphone access was denied, so the call cannot ' +
         'start: allow the microphone in the browser and press Call again. Text chat ' +
         'still works');
     }

@@ -1,0 +1,216 @@
+// ConversationStore: the single source of truth for the view. Server events and user
+// actions change it, and every change notifies the subscribers, which re-render.
+
+export class ConversationStore {
+  constructor() {
+    this.state = {
+      connection: 'idle',
+      connectionDetail: '',
+      userName: '',
+      conversations: [],
+      currentId: null,
+      current: null,
+      messages: [],
+      hasMoreMessages: false,
+      audio: { muted: false, paused: false, playingChunkId: null },
+      call: { state: 'idle', conversationId: null, audioLevel: 0, bytesReceived: 0 },
+      pendingReplies: 0,
+      searchResults: null,
+      loading: false,
+      error: '',
+      log: [],
+    };
+    this.listeners = new Set();
+  }
+
+  subscribe(listener) {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  update(changes) {
+    Object.assign(this.state, changes);
+    for (const listener of [...this.listeners]) listener(this.state);
+  }
+
+  setError(message) {
+    this.update({ error: message });
+    if (message) this.addLog(message, true);
+  }
+
+  addLog(text, isError = false) {
+    const time = new Date().toLocaleTimeString();
+    const log = [...this.state.log, { time, text, isError }].slice(-200);
+    this.update({ log });
+  }
+
+  // Live state of the tutor: listening, thinking or speaking.
+  liveState() {
+    const { call, audio, pendingReplies } = this.state;
+    if (audio.playingChunkId || call.audioLevel > 0.01) return 'speaking';
+    if (pendingReplies > 0) return 'thinking';
+    if (call.state === 'connected') return 'listening';
+    return 'idle';
+  }
+
+  // Conversation list.
+
+  setConversations(conversations) {
+    this.update({ conversations: [...conversations] });
+  }
+
+  upsertConversation(conversation) {
+    const conversations = this.state.conversations.filter(
+      (known) => known.conversationId !== conversation.conversationId,
+    );
+    const previous = this.state.conversations.find(
+      (known) => known.conversationId === conversation.conversationId,
+    );
+    const merged = { ...previous, ...conversation };
+    delete merged.changed;
+    conversations.unshift(merged);
+    const changes = { conversations };
+    if (this.state.currentId === conversation.conversationId) changes.current = merged;
+    this.update(changes);
+  }
+
+  patchConversation(conversationId, fields) {
+    const known = this.state.conversations.find((c) => c.conversationId === conversationId);
+    if (known) {
+      this.upsertConversation({ ...known, ...fields });
+    } else if (this.state.currentId === conversationId && this.state.current) {
+      this.update({ current: { ...this.state.current, ...fields } });
+    }
+  }
+
+  removeConversation(conversationId) {
+    const conversations = this.state.conversations.filter(
+      (c) => c.conversationId !== conversationId,
+    );
+    const changes = { conversations };
+    if (this.state.currentId === conversationId) {
+      Object.assign(changes, { currentId: null, current: null, messages: [] });
+    }
+    this.update(changes);
+  }
+
+  // Current conversation and its messages.
+
+  openConversation(conversationId) {
+    this.update({ currentId: conversationId, messages: [], pendingReplies: 0, loading: true });
+  }
+
+  closeConversation() {
+    this.update({ currentId: null, current: null, messages: [], pendingReplies: 0 });
+  }
+
+  applyLoaded({ conversation, messages, hasMoreMessages }) {
+    if (conversation.conversationId !== this.state.currentId) return;
+    this.upsertConversation(conversation);
+    let merged = this.state.messages;
+    for (const message of messages) merged = mergeMessage(merged, message);
+    this.update({ current: conversation, messages: merged, hasMoreMessages, loading: false });
+  }
+
+  applyMessage(data) {
+    const { conversationId } = data;
+    const createdAt = data.createdAt || new Date().toISOString();
+    this.patchConversation(conversationId, {
+      lastMessageAt: createdAt,
+      messageCount: Math.max(data.sequenceNumber || 0, this.messageCountOf(conversationId)),
+    });
+    if (conversationId !== this.state.currentId) return;
+    const message = { chunks: [], metadata: {}, ...data, createdAt };
+    let { pendingReplies } = this.state;
+    if (data.role === 'user' && !(data.metadata && data.metadata.unanswered)) {
+      pendingReplies += 1;
+    } else if (data.role === 'assistant' && !(data.metadata && data.metadata.opening)) {
+      pendingReplies = Math.max(0, pendingReplies - 1);
+    }
+    this.update({ messages: mergeMessage(this.state.messages, message), pendingReplies });
+  }
+
+  messageCountOf(conversationId) {
+    const known = this.state.conversations.find((c) => c.conversationId === conversationId);
+    return known ? known.messageCount || 0 : 0;
+  }
+
+  // An assistant message is built chunk by chunk until its message:received arrives.
+  applyChunk(data) {
+    if (data.conversationId !== this.state.currentId) return;
+    const messages = [...this.state.messages];
+    let index = messages.findIndex((m) => m.messageId === data.messageId);
+    if (index === -1) {
+      messages.push({
+        messageId: data.messageId,
+        conversationId: data.conversationId,
+        role: 'assistant',
+        content: '',
+        sequenceNumber: null,
+        metadata: { status: 'generating' },
+        chunks: [],
+      });
+      index = messages.length - 1;
+    }
+    const message = messages[index];
+    const chunk = { ...data };
+    delete chunk.conversationId;
+    messages[index] = { ...message, chunks: upsertChunk(message.chunks, chunk) };
+    this.update({ messages });
+  }
+
+  applyChunkAudio(data) {
+    if (data.conversationId !== this.state.currentId) return;
+    const messages = this.state.messages.map((message) => {
+      if (message.messageId !== data.messageId) return message;
+      const chunks = message.chunks.map((chunk) => {
+        if (chunk.chunkId !== data.chunkId) return chunk;
+        return {
+          ...chunk,
+          audioUrl: data.audioUrl,
+          audioFileId: data.audioFileId,
+          audioDuration: data.duration,
+          ttsStatus: 'completed',
+        };
+      });
+      return { ...message, chunks };
+    });
+    this.update({ messages });
+  }
+
+  setAudio(changes) {
+    this.update({ audio: { ...this.state.audio, ...changes } });
+  }
+
+  setCall(changes) {
+    this.update({ call: { ...this.state.call, ...changes } });
+  }
+}
+
+// Insert or replace a message by messageId, keeping sequenceNumber order. A message still
+// being generated has no sequenceNumber yet and stays after the numbered ones.
+function mergeMessage(messages, message) {
+  const next = messages.filter((known) => known.messageId !== message.messageId);
+  const previous = messages.find((known) => known.messageId === message.messageId);
+  const merged = previous ? { ...previous, ...message } : message;
+  if (previous && previous.chunks && message.chunks) {
+    let chunks = previous.chunks;
+    for (const chunk of message.chunks) chunks = upsertChunk(chunks, chunk);
+    merged.chunks = chunks;
+  }
+  next.push(merged);
+  return next.sort(compareMessages);
+}
+
+function compareMessages(a, b) {
+  const left = a.sequenceNumber === null ? Infinity : a.sequenceNumber;
+  const right = b.sequenceNumber === null ? Infinity : b.sequenceNumber;
+  return left - right;
+}
+
+function upsertChunk(chunks, chunk) {
+  const previous = chunks.find((known) => known.chunkId === chunk.chunkId);
+  const next = chunks.filter((known) => known.chunkId !== chunk.chunkId);
+  next.push(previous ? { ...previous, ...chunk } : chunk);
+  return next.sort((a, b) => a.chunkIndex - b.chunkIndex);
+}
