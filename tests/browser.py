@@ -24,9 +24,10 @@ from playwright.async_api import (
     Page,
     Playwright,
     async_playwright,
+    expect,
 )
 
-__all__ = ["Playwright", "async_playwright"]
+__all__ = ["Playwright", "async_playwright", "expect"]
 
 CHROMIUM_PATH = Path("/usr/lib/chromium/chromium")
 ARTIFACTS_DIR = REPO_DIR / "artifacts" / "browser"

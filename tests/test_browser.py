@@ -293,3 +293,135 @@ async def test_dropped_socket_shows_chunks_once(
         assert starts == [c["chunkId"] for c in page_chunks]
         log = await page.state("state.log.map(entry => entry.text)")
         assert any("(reconnected)" in line for line in log), log
+
+
+# Test instrumentation for the audio controls: the queue plays chunks through `new Audio()`
+# elements that are never added to the document, so record every media element on which the
+# page calls play(). The last one in window.parleyTestAudio is the one playing now.
+RECORD_AUDIO_SCRIPT = """
+window.parleyTestAudio = [];
+const nativePlay = HTMLMediaElement.prototype.play;
+HTMLMediaElement.prototype.play = function (...args) {
+  if (!window.parleyTestAudio.includes(this)) window.parleyTestAudio.push(this);
+  return nativePlay.apply(this, args);
+};
+"""
+
+CURRENT_AUDIO_JS = """() => {
+  const audio = window.parleyTestAudio.at(-1);
+  return audio ? {paused: audio.paused, muted: audio.muted, currentTime: audio.currentTime} : null;
+}"""
+
+# Long sentences without commas, so each chunk speaks for a few seconds and a click lands
+# inside the chunk it is meant for. The server cuts the first chunk after 4 words so that
+# the first audio comes early. These sentences therefore make one chunk more than their count.
+LONG_SENTENCES = [
+    "This first sentence goes on for quite a while so that the test can skip the rest of it"
+    " somewhere in the middle without any hurry at all.",
+    "Here the second sentence keeps talking about nothing in particular for some time"
+    " while the test pauses it and then lets it carry on again.",
+    "Then the third sentence is read with the sound turned off because the test has"
+    " pressed the mute button just before it started.",
+    "Finally the fourth sentence should never be heard because playback was stopped"
+    " before it had any chance to begin.",
+]
+LONG_REPLY_CHUNKS = len(LONG_SENTENCES) + 1
+
+
+def playback_events(playback: list[dict[str, Any]], chunk_id: str) -> list[str]:
+    return [entry["event"] for entry in playback if entry["chunkId"] == chunk_id]
+
+
+async def test_audio_controls_skip_pause_stop(
+    driver: Playwright, chat_server: RunningServer, standin: OllamaStandIn
+) -> None:
+    standin.replies.append(ScriptedReply([f" [calm] {text}" for text in LONG_SENTENCES]))
+    # Chunk 0 is only 4 words, so the controls act on the long chunks after it.
+    skipped, paused, muted, never_played = 1, 2, 3, 4
+
+    async with open_parley_page(driver, chat_server.url, speech_file(QUIET), "controls") as page:
+        await page.page.context.add_init_script(RECORD_AUDIO_SCRIPT)
+        await page.sign_in(chat_server.token)
+        await page.create_conversation("Audio controls")
+        await page.send_message("Read me four long sentences.")
+        await page.wait_for_replies(1)
+        reply: dict[str, Any] = await page.state("state.messages.find(m => m.role === 'assistant')")
+        chunk_ids = [chunk["chunkId"] for chunk in reply["chunks"]]
+        assert len(chunk_ids) == LONG_REPLY_CHUNKS
+
+        def started(index: int) -> str:
+            return (
+                "window.parleyPlayback.some(entry => entry.event === 'start'"
+                f" && entry.chunkId === '{chunk_ids[index]}')"
+            )
+
+        async def events_of(index: int) -> list[str]:
+            return playback_events(
+                await page.page.evaluate("window.parleyPlayback"), chunk_ids[index]
+            )
+
+        # Skip: the chunk ends long before its audio would, and the next one starts.
+        await page.wait_for(started(skipped), 30)
+        clicked_at = await page.page.evaluate("performance.now()")
+        await page.page.click("#skip")
+        await page.wait_for(started(skipped + 1), 10)
+        await page.screenshot("1-skipped")
+        assert await events_of(0) == ["start", "end"]
+        assert await events_of(skipped) == ["start", "end"]
+        playback = await page.page.evaluate("window.parleyPlayback")
+        times = [entry["at"] for entry in playback if entry["chunkId"] == chunk_ids[skipped]]
+        played_s = (times[1] - times[0]) / 1000
+        audio_s = reply["chunks"][skipped]["audioDuration"]
+        ended_after_click_s = (times[1] - clicked_at) / 1000
+        assert ended_after_click_s < 0.5, (
+            f"the skipped chunk ended {ended_after_click_s:.2f} s late"
+        )
+        assert played_s < audio_s - 1, f"the skipped chunk played {played_s:.2f} s of {audio_s} s"
+
+        # Pause: the element stops, its currentTime stays put and no chunk starts for a second.
+        await page.page.click("#pause-audio")
+        await page.wait_for("window.parleyStore.state.audio.paused", 5)
+        assert await page.page.inner_text("#pause-audio") == "Resume audio"
+        before = await page.page.evaluate(CURRENT_AUDIO_JS)
+        playback_count = len(await page.page.evaluate("window.parleyPlayback"))
+        await asyncio.sleep(1.2)
+        after = await page.page.evaluate(CURRENT_AUDIO_JS)
+        await page.screenshot("2-paused")
+        assert before["paused"] is True
+        assert after["paused"] is True
+        assert after["currentTime"] == before["currentTime"]
+        assert len(await page.page.evaluate("window.parleyPlayback")) == playback_count
+        assert await events_of(paused) == ["start"]
+
+        # Resume: the same element plays on from where it stopped.
+        await page.page.click("#pause-audio")
+        await page.wait_for("!window.parleyStore.state.audio.paused", 5)
+        await page.wait_for(
+            f"window.parleyTestAudio.at(-1).currentTime > {after['currentTime'] + 0.3}", 5
+        )
+        assert await page.page.inner_text("#pause-audio") == "Pause audio"
+        assert (await page.page.evaluate(CURRENT_AUDIO_JS))["paused"] is False
+        assert await events_of(paused) == ["start"]
+
+        # Mute: the playing element is muted, and so is the next chunk's element.
+        await page.page.click("#mute")
+        await page.wait_for("window.parleyStore.state.audio.muted", 5)
+        assert await page.page.inner_text("#mute") == "Unmute"
+        assert (await page.page.evaluate(CURRENT_AUDIO_JS))["muted"] is True
+        await page.wait_for(started(muted), 30)
+        current = await page.page.evaluate(CURRENT_AUDIO_JS)
+        assert current["muted"] is True
+        assert current["paused"] is False
+        assert await events_of(paused) == ["start", "end"]
+        await page.screenshot("3-muted")
+
+        # Stop: the playing chunk ends at once and the last chunk never starts.
+        await page.page.click("#stop-audio")
+        await page.wait_for("window.parleyStore.state.audio.playingChunkId === null", 5)
+        await asyncio.sleep(1.5)
+        await page.screenshot("4-stopped")
+        assert await events_of(muted) == ["start", "end"]
+        assert await events_of(never_played) == []
+        assert (await page.page.evaluate(CURRENT_AUDIO_JS))["paused"] is True
+        assert await page.page.inner_text("#live-state") != "speaking"
+        assert page.page_errors == []

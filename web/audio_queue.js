@@ -16,6 +16,8 @@ class SpeakerQueue {
     this.current = null;
     this.pauseTimer = null;
     this.audioByChunkId = new Map();
+    // Replies the user stopped: chunks that arrive for them later are not played.
+    this.stoppedMessageIds = new Set();
   }
 
   replyFor(messageId) {
@@ -32,6 +34,7 @@ class SpeakerQueue {
   }
 
   addChunk(messageId, chunk) {
+    if (this.stoppedMessageIds.has(messageId)) return;
     const reply = this.replyFor(messageId);
     const known = reply.chunks.get(chunk.chunkIndex) || {};
     reply.chunks.set(chunk.chunkIndex, { ...known, ...chunk });
@@ -166,6 +169,7 @@ class SpeakerQueue {
   stop() {
     clearTimeout(this.pauseTimer);
     this.pauseTimer = null;
+    for (const reply of this.replies) this.stoppedMessageIds.add(reply.messageId);
     this.replies = [];
     if (this.current) this.current.skip();
     for (const audio of this.audioByChunkId.values()) audio.removeAttribute('src');

@@ -47,7 +47,8 @@ export class ConversationStore {
   // Live state of the tutor: listening, thinking or speaking.
   liveState() {
     const { call, audio, pendingReplies } = this.state;
-    if (audio.playingChunkId || call.audioLevel > 0.01) return 'speaking';
+    const playing = audio.playingChunkId && !audio.paused;
+    if (playing || call.audioLevel > 0.01) return 'speaking';
     if (pendingReplies > 0) return 'thinking';
     if (call.state === 'connected') return 'listening';
     return 'idle';
@@ -55,8 +56,15 @@ export class ConversationStore {
 
   // Conversation list.
 
+  // A list answer or an event can arrive after a newer change to the same conversation
+  // (the list was read before it); the newer updatedAt wins, so a status never reverts.
   setConversations(conversations) {
-    this.update({ conversations: [...conversations] });
+    const known = new Map(this.state.conversations.map((c) => [c.conversationId, c]));
+    const fresh = conversations.map((incoming) => {
+      const previous = known.get(incoming.conversationId);
+      return previous && isNewer(previous, incoming) ? { ...incoming, ...previous } : incoming;
+    });
+    this.update({ conversations: fresh });
   }
 
   upsertConversation(conversation) {
@@ -66,7 +74,10 @@ export class ConversationStore {
     const previous = this.state.conversations.find(
       (known) => known.conversationId === conversation.conversationId,
     );
-    const merged = { ...previous, ...conversation };
+    const merged =
+      previous && isNewer(previous, conversation)
+        ? { ...conversation, ...previous }
+        : { ...previous, ...conversation };
     delete merged.changed;
     conversations.unshift(merged);
     const changes = { conversations };
@@ -213,4 +224,12 @@ function upsertChunk(chunks, chunk) {
   const next = chunks.filter((known) => known.chunkId !== chunk.chunkId);
   next.push(previous ? { ...previous, ...chunk } : chunk);
   return next.sort((a, b) => a.chunkIndex - b.chunkIndex);
+}
+
+// True when a's updatedAt is later than b's. The server writes both as ISO 8601 in UTC, so
+// Date.parse compares them exactly; a missing time never wins.
+function isNewer(a, b) {
+  const first = Date.parse(a.updatedAt);
+  const second = Date.parse(b.updatedAt);
+  return Number.isFinite(first) && (!Number.isFinite(second) || first > second);
 }
