@@ -99,11 +99,18 @@ class ParleyPage:
         await self.wait_for("window.parleyStore.state.connection === 'open'", 15)
 
     async def create_conversation(self, title: str, level: str = "B1") -> str:
+        previous = await self.page.evaluate("window.parleyStore.state.currentId")
         await self.page.fill("#new-title", title)
         await self.page.select_option("#new-level", level)
         await self.page.click("#new-conversation button")
+        # Wait for the new conversation, not the one open before the click.
+        previous_js = "null" if previous is None else f"'{previous}'"
         await self.wait_for(
-            "window.parleyStore.state.current !== null && !window.parleyStore.state.loading", 15
+            "(() => { const s = window.parleyStore.state;"
+            f" return s.currentId !== null && s.currentId !== {previous_js}"
+            " && s.current !== null && s.current.conversationId === s.currentId"
+            " && !s.loading; })()",
+            15,
         )
         conversation_id: str = await self.page.evaluate("window.parleyStore.state.currentId")
         return conversation_id

@@ -425,3 +425,57 @@ async def test_audio_controls_skip_pause_stop(
         assert (await page.page.evaluate(CURRENT_AUDIO_JS))["paused"] is True
         assert await page.page.inner_text("#live-state") != "speaking"
         assert page.page_errors == []
+
+
+async def test_list_shows_lifecycle_states(driver: Playwright, chat_server: RunningServer) -> None:
+    # Each conversation reaches its status through the page's status buttons, in the order
+    # the server allows. Only a completed conversation can be archived.
+    clicks_by_title = {
+        "Lifecycle paused": ["Pause"],
+        "Lifecycle completed": ["Complete"],
+        "Lifecycle archived": ["Complete", "Archive"],
+    }
+    expected_status = {
+        "Lifecycle paused": "paused",
+        "Lifecycle completed": "completed",
+        "Lifecycle archived": "archived",
+    }
+
+    async with open_parley_page(driver, chat_server.url, speech_file(QUIET), "lifecycle") as page:
+        await page.sign_in(chat_server.token)
+        ids_by_title = {}
+        for title, clicks in clicks_by_title.items():
+            conversation_id = await page.create_conversation(title)
+            ids_by_title[title] = conversation_id
+            for label in clicks:
+                await page.page.click(f"#status-controls button:text-is('{label}')")
+                status = expected_status[title] if label == clicks[-1] else "completed"
+                await page.wait_for(f"window.parleyStore.state.current.status === '{status}'", 10)
+            meta = await page.page.inner_text("#conversation-meta")
+            assert expected_status[title] in meta, meta
+        await page.screenshot("1-list")
+
+        for title, conversation_id in ids_by_title.items():
+            item = page.page.locator(
+                f"#conversation-list li[data-conversation-id='{conversation_id}']"
+            )
+            assert await item.count() == 1, f"{title} is missing from the list"
+            meta = await item.locator(".meta").inner_text()
+            assert f" · {expected_status[title]} · " in meta, f"{title}: {meta}"
+            assert await item.locator("strong").inner_text() == title
+
+        # A reload reads the list from the server, not from the events the page saw.
+        await page.page.reload()
+        await page.wait_for(
+            "window.parleyStore.state.connection === 'open'"
+            " && window.parleyStore.state.conversations.length >= 3",
+            15,
+        )
+        await page.screenshot("2-reloaded")
+        for title, conversation_id in ids_by_title.items():
+            item = page.page.locator(
+                f"#conversation-list li[data-conversation-id='{conversation_id}']"
+            )
+            meta = await item.locator(".meta").inner_text()
+            assert f" · {expected_status[title]} · " in meta, f"{title} after reload: {meta}"
+        assert page.page_errors == []

@@ -108,7 +108,15 @@ export class ConversationStore {
   // Current conversation and its messages.
 
   openConversation(conversationId) {
-    this.update({ currentId: conversationId, messages: [], pendingReplies: 0, loading: true });
+    // Until the load answers, the view shows what the list knows, never the previous one.
+    const listed = this.state.conversations.find((c) => c.conversationId === conversationId);
+    this.update({
+      currentId: conversationId,
+      current: listed || null,
+      messages: [],
+      pendingReplies: 0,
+      loading: true,
+    });
   }
 
   closeConversation() {
