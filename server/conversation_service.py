@@ -23,6 +23,7 @@ from server.errors import (
 )
 from server.event_bus import Subscriber
 from server.json_views import (
+    chunk_json,
     conversation_json,
     message_json,
     search_result_json,
@@ -153,7 +154,7 @@ class ConversationService:
         message = await store.insert_message(
             self._pool, conversation_id, "assistant", content, metadata=metadata
         )
-        chunk_json = []
+        listed = []
         for chunk in chunks:
             chunk_id = uuid.uuid4()
             await insert_chunk(
@@ -167,21 +168,7 @@ class ConversationService:
                 pause_after_s=chunk.pause_after_s,
                 emphasis=chunk.emphasis,
             )
-            chunk_json.append(
-                {
-                    "chunkId": str(chunk_id),
-                    "chunkIndex": chunk.index,
-                    "text": chunk.text,
-                    "emotion": chunk.emotion,
-                    "icon": chunk.icon,
-                    "pause": chunk.pause_after_s,
-                    "emphasis": chunk.emphasis,
-                    "ttsStatus": "pending",
-                    "audioFileId": None,
-                    "audioUrl": None,
-                    "audioDuration": None,
-                }
-            )
+            listed.append(chunk_json(chunk, chunk_id))
         await self._services.bus.publish(
             conversation_id,
             "message:received",
@@ -190,7 +177,7 @@ class ConversationService:
                 "role": "assistant",
                 "content": content,
                 "sequenceNumber": message.sequence_number,
-                "chunks": chunk_json,
+                "chunks": listed,
                 "metadata": metadata,
             },
         )

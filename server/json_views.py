@@ -5,9 +5,12 @@ from __future__ import annotations
 import datetime
 import decimal
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
+
+if TYPE_CHECKING:
+    from server.chunking import ReplyChunk
 
 
 def _iso(value: datetime.datetime | None) -> str | None:
@@ -104,4 +107,29 @@ def chunk_audio_json(
         "audioFileId": file_id,
         "audioUrl": f"/api/audio/{file_id}",
         "duration": round(float(duration_s), 3),
+    }
+
+
+def chunk_json(
+    chunk: ReplyChunk,
+    chunk_id: uuid.UUID,
+    *,
+    tts_status: str = "pending",
+    audio_file_id: str | None = None,
+    audio_duration_s: float | None = None,
+) -> dict[str, Any]:
+    """A chunk as a reply's message:received lists it; chunk:generated sends the same
+    fields without the audio ones."""
+    return {
+        "chunkId": str(chunk_id),
+        "chunkIndex": chunk.index,
+        "text": chunk.text,
+        "emotion": chunk.emotion,
+        "icon": chunk.icon,
+        "pause": chunk.pause_after_s,
+        "emphasis": chunk.emphasis,
+        "ttsStatus": tts_status,
+        "audioFileId": audio_file_id,
+        "audioUrl": f"/api/audio/{audio_file_id}" if audio_file_id else None,
+        "audioDuration": audio_duration_s,
     }

@@ -14,7 +14,7 @@ from media.frames import WEBRTC_RATE_HZ, resample_samples
 from media.tracks import QueuedSpeech, ReplyAudioTrack
 from media.tts import Speech, SynthesisError
 from server.chunking import ReplyChunk, ReplyChunker
-from server.json_views import chunk_audio_json
+from server.json_views import chunk_audio_json, chunk_json
 from server.llm.base import ChatMessage, GenerationOptions, LLMUnavailableError
 from server.prompts import tutor_system_prompt
 from storage.chunks import insert_chunk_with_event, reset_unfinished_chunks, set_tts_status
@@ -231,17 +231,7 @@ class ReplyPipeline:
         await self._services.bus.publish(
             self._conversation_id,
             "chunk:generated",
-            {
-                "chunkId": str(state.chunk_id),
-                "messageId": str(message_id),
-                "chunkIndex": chunk.index,
-                "text": chunk.text,
-                "emotion": chunk.emotion,
-                "icon": chunk.icon,
-                "pause": chunk.pause_after_s,
-                "emphasis": chunk.emphasis,
-                "ttsStatus": "pending",
-            },
+            {**_without_audio(chunk_json(chunk, state.chunk_id)), "messageId": str(message_id)},
             store=store,
         )
         state.stored.set()
@@ -377,20 +367,18 @@ class ReplyPipeline:
         )
 
     def _chunk_json(self, state: ChunkState) -> dict[str, Any]:
-        chunk = state.chunk
-        return {
-            "chunkId": str(state.chunk_id),
-            "chunkIndex": chunk.index,
-            "text": chunk.text,
-            "emotion": chunk.emotion,
-            "icon": chunk.icon,
-            "pause": chunk.pause_after_s,
-            "emphasis": chunk.emphasis,
-            "ttsStatus": "pending" if state.status == "processing" else state.status,
-            "audioFileId": state.audio_file_id,
-            "audioUrl": f"/api/audio/{state.audio_file_id}" if state.audio_file_id else None,
-            "audioDuration": state.audio_duration_s,
-        }
+        return chunk_json(
+            state.chunk,
+            state.chunk_id,
+            tts_status="pending" if state.status == "processing" else state.status,
+            audio_file_id=state.audio_file_id,
+            audio_duration_s=state.audio_duration_s,
+        )
 
     def _message_ref(self) -> dict[str, str]:
         return {"messageId": str(self._message.id)} if self._message is not None else {}
+
+
+def _without_audio(chunk: dict[str, Any]) -> dict[str, Any]:
+    # chunk:generated comes before synthesis, so it carries no audio fields.
+    return {key: value for key, value in chunk.items() if not key.startswith("audio")}

@@ -11,6 +11,12 @@ from storage.events import write_with_event
 
 TTS_STATUSES = ("pending", "processing", "completed", "failed")
 
+INSERT_CHUNK = """
+    INSERT INTO message_chunks
+        (id, message_id, chunk_index, text, emotion, icon, pause_after, emphasis)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+"""
+
 
 async def insert_chunk(
     pool: asyncpg.Pool,
@@ -25,11 +31,7 @@ async def insert_chunk(
     emphasis: bool,
 ) -> None:
     await pool.execute(
-        """
-        INSERT INTO message_chunks
-            (id, message_id, chunk_index, text, emotion, icon, pause_after, emphasis)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-        """,
+        INSERT_CHUNK,
         chunk_id,
         message_id,
         chunk_index,
@@ -62,11 +64,7 @@ async def insert_chunk_with_event(
         conversation_id,
         event_type,
         data,
-        """
-        INSERT INTO message_chunks
-            (id, message_id, chunk_index, text, emotion, icon, pause_after, emphasis)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-        """,
+        INSERT_CHUNK,
         chunk_id,
         message_id,
         chunk_index,
