@@ -337,14 +337,14 @@ class BenchConversation:
         await self._wait(phase.done.wait(), "the last replies")
         return phase
 
-    async def _wait(self, step: Awaitable[Any], what: str) -> None:
+    async def _wait(self, step: Awaitable[Any], step_name: str) -> None:
         try:
             await asyncio.wait_for(step, STEP_TIMEOUT_S)
         except TimeoutError:
             phase = self.phase
             raise TimeoutError(
-                f"conversation {self.conversation_id}: no {what} within {STEP_TIMEOUT_S:.0f} s "
-                f"({len(phase.reply_rtt_s)} of {phase.messages} replies at the watcher)"
+                f"conversation {self.conversation_id}: no {step_name} within "
+                f"{STEP_TIMEOUT_S:.0f} s ({len(phase.reply_rtt_s)} of {phase.messages} replies at the watcher)"
             ) from None
 
     def _on_event(self, socket: EventSocket, event: Event, arrived_at: float) -> None:

@@ -118,9 +118,7 @@ async def _start(temp_dir: Path, extra_env: Mapping[str, str], module: str) -> L
     return server
 
 
-def _spawn(
-    port: int, env: dict[str, str], log_path: Path, module: str
-) -> subprocess.Popen[bytes]:
+def _spawn(port: int, env: dict[str, str], log_path: Path, module: str) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", module, "serve", "--host", "127.0.0.1"]
     command += ["--port", str(port)]
     with open(log_path, "wb") as log:

@@ -89,7 +89,7 @@ async def handle_audio(request: web.Request) -> web.StreamResponse:
     path = services.audio_files.path_for(file_id)
     if path is None:
         raise ClientError(f"audio id {file_id[:40]!r} is invalid: expected 32 hex digits")
-    # Another user's audio answers like a missing file.
+    # Another user's audio gets the same 404 as a missing file.
     if await audio_owner(services.pool, file_id) != user_id:
         raise NotFoundError(f"audio {file_id} not found")
     if not await asyncio.to_thread(path.is_file):

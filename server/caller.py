@@ -132,7 +132,7 @@ async def place_call(
 
     def on_message(message: str | bytes) -> None:
         event = json.loads(message)
-        # The greeting says the channel works; it is not part of the conversation.
+        # The greeting shows the channel works. It is not part of the conversation.
         if event.get("type") == "connection:ready":
             return
         events.append(event)

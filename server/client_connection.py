@@ -1,7 +1,7 @@
 """One client's event connection, whatever carries it: a call's data channel or a WebSocket.
 
 Messages are size-checked and rate-limited where they arrive, then handled one at a time
-by a single worker, so answers keep the order the client sent its requests in. Each answer
+by a single worker, so responses keep the order the client sent its requests in. Each answer
 echoes the request's requestId. Errors go to this connection only and never close it.
 """
 
@@ -101,7 +101,8 @@ class ClientConnection:
         )
 
     def receive(self, message: str | bytes) -> None:
-        """Queue a client message. Runs in transport callbacks, so it never raises."""
+        """Queue a client message. It runs in transport callbacks, so it only queues or
+        drops, and raises nothing."""
         if not self._take_token():
             self._limit(f"more than {self._rate:g} events a second; slow down")
             return
@@ -124,7 +125,7 @@ class ClientConnection:
     def send_event(
         self, event_type: str, data: dict[str, Any], *, request_id: str | None = None
     ) -> None:
-        """Send an answer to this connection only; it is not stored in any log."""
+        """Send a response to this connection only. It is not stored in any log."""
         self._send(event_json(event_type, data, request_id=request_id))
 
     def send_error(
@@ -182,7 +183,8 @@ class ClientConnection:
     # -- dispatch
 
     async def handle(self, message: str | bytes) -> None:
-        """Validate one client message and run its handler; every failure is answered."""
+        """Validate one client message and run its handler. Every failure gets an error
+        response."""
         event: ClientEvent | None = None
         try:
             event = self._parse(message)

@@ -275,8 +275,11 @@ class ConversationService:
         origin: Subscriber | None = None,
         request_id: str | None = None,
     ) -> tuple[asyncpg.Record, bool]:
-        """Move the conversation to status and publish the change; return the row and
-        whether this call made the change (False when a racing request made it first)."""
+        """Move the conversation to status and publish the change.
+
+        Returns the row and whether this call made the change. It is False when a racing
+        request made the same change first.
+        """
         previous = row["status"]
         allowed_from = tuple(s for s, targets in TRANSITIONS.items() if status in targets)
         updated = await store.change_status(self._pool, row["id"], status, allowed_from)

@@ -15,8 +15,8 @@ from server.client_connection import ClientConnection
 
 logger = logging.getLogger(__name__)
 
-# Events produced before the data channel opens wait here; older ones are dropped past this,
-# and the client can read them back with conversation:load and afterSeq.
+# Events produced before the data channel opens wait here, and older ones are dropped past
+# this. The client can read dropped ones back with conversation:load and afterSeq.
 MAX_BUFFERED_EVENTS = 256
 
 

@@ -33,7 +33,7 @@ class ParleyError(Exception):
     code = "internal"
     http_status = 500
     # The requestId of the client event that failed, when the event got far enough to
-    # name one, so that the error answers it.
+    # name one, so that the error response carries it.
     request_id: str | None = None
 
     def __init__(self, message: str, *, code: str | None = None) -> None:

@@ -1,4 +1,4 @@
-"""The JSON shapes of stored rows, shared by events and REST answers (camelCase keys)."""
+"""The JSON shapes of stored rows, shared by events and REST responses (camelCase keys)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import asyncpg
 
 if TYPE_CHECKING:
     from server.chunking import ReplyChunk
+    from storage.conversations import StoredMessage
 
 
 def _iso(value: datetime.datetime | None) -> str | None:
@@ -100,7 +101,7 @@ def search_result_json(row: asyncpg.Record) -> dict[str, Any]:
 def chunk_audio_json(
     chunk_id: uuid.UUID, message_id: uuid.UUID, file_id: str, duration_s: Any
 ) -> dict[str, Any]:
-    """The data of chunk:audio-ready."""
+    """Build the data of chunk:audio-ready."""
     return {
         "chunkId": str(chunk_id),
         "messageId": str(message_id),
@@ -118,8 +119,8 @@ def chunk_json(
     audio_file_id: str | None = None,
     audio_duration_s: float | None = None,
 ) -> dict[str, Any]:
-    """A chunk as a reply's message:received lists it; chunk:generated sends the same
-    fields without the audio ones."""
+    """Build a chunk as a reply's message:received lists it. chunk:generated sends the
+    same fields without the audio ones."""
     return {
         "chunkId": str(chunk_id),
         "chunkIndex": chunk.index,
@@ -132,4 +133,20 @@ def chunk_json(
         "audioFileId": audio_file_id,
         "audioUrl": f"/api/audio/{audio_file_id}" if audio_file_id else None,
         "audioDuration": audio_duration_s,
+    }
+
+
+def voice_message_json(
+    message: StoredMessage, file_id: str, duration_s: float, metadata: dict[str, Any]
+) -> dict[str, Any]:
+    """Build the data of message:received for the learner's speech, with its audio."""
+    return {
+        "messageId": str(message.id),
+        "role": "user",
+        "content": message.content,
+        "sequenceNumber": message.sequence_number,
+        "audioFileId": file_id,
+        "audioUrl": f"/api/audio/{file_id}",
+        "audioDuration": round(duration_s, 3),
+        "metadata": metadata,
     }

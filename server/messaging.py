@@ -29,7 +29,7 @@ from server.errors import (
     ServiceError,
 )
 from server.event_bus import Subscriber
-from server.json_views import chunk_audio_json
+from server.json_views import chunk_audio_json, voice_message_json
 from server.protocol import RequestAudio, SendMessage
 from server.reply_pipeline import ReplyPipeline, TurnClock
 from storage.chunks import set_tts_status
@@ -86,9 +86,9 @@ class MessageService:
     ) -> None:
         """Store a text or voice message, publish it, then start the reply.
 
-        The work runs in a task of its own: a client that disconnects right after sending
+        The work runs in a task of its own. A client that disconnects right after sending
         cancels its connection, and that must not stop a message between being stored and
-        being answered.
+        getting its reply.
         """
         task = asyncio.create_task(
             self._accept(user_id, request, origin, request_id),
@@ -222,16 +222,7 @@ class MessageService:
             # Deleted while the message was transcribed: its audio must not stay behind.
             await services.audio_files.delete([file_id])
             raise NotFoundError(f"conversation {conversation_id} not found") from exc
-        return {
-            "messageId": str(message.id),
-            "role": "user",
-            "content": message.content,
-            "sequenceNumber": message.sequence_number,
-            "audioFileId": file_id,
-            "audioUrl": f"/api/audio/{file_id}",
-            "audioDuration": round(duration_s, 3),
-            "metadata": metadata,
-        }
+        return voice_message_json(message, file_id, duration_s, metadata)
 
     async def _decode_voice(self, data: bytes) -> np.ndarray:
         max_s = self._services.settings.max_voice_s

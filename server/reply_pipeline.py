@@ -141,9 +141,9 @@ class ReplyPipeline:
     async def _generate(self, messages: list[ChatMessage]) -> str:
         """Stream the model into chunks and return the reply's status."""
         settings = self._services.settings
-        # A conversation's ai_settings may lower the server's token cap, never raise it.
-        # NOTE: ai_settings.model applies to Ollama only; the embedded backend runs the
-        # one model it loaded.
+        # min() lets a conversation's ai_settings lower the server's token cap, not raise it.
+        # NOTE: ai_settings.model applies to Ollama only. The embedded backend runs the one
+        # model it loaded.
         ai = self._ai_settings
         options = GenerationOptions(
             max_tokens=min(

@@ -87,7 +87,7 @@ class Settings:
     max_offer_bytes: int = 64 * 1024
 
     # Client events, on a call's data channel or on /ws.
-    # Longest text message a client may send, in characters.
+    # Maximum length of a text message a client may send, in characters.
     max_message_chars: int = 4000
     # Largest event in bytes, except a voice message:send, which may be max_voice_event_bytes.
     max_event_bytes: int = 16 * 1024

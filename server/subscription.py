@@ -1,5 +1,5 @@
 """One connection's feed of one conversation: missed events replayed from the log, then the
-live ones, every seq delivered at most once and in increasing order."""
+live ones. _send_once delivers each seq at most once and in increasing order."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
-# Live events held while the log is replayed. Past this the held events are dropped and
+# Live events held while the log is replayed. Past this the buffered live events are dropped and
 # the replay reads them from the log instead, so memory stays bounded.
 MAX_HELD_EVENTS = 512
 
@@ -18,7 +18,7 @@ class Subscription:
         self._send = send
         self.last_seq = last_seq
         # Live events that arrive during a replay wait here; None once live.
-        self._held: list[tuple[int, str]] | None = None if live else []
+        self._live_backlog: list[tuple[int, str]] | None = None if live else []
         self.overflowed = False
 
     def deliver(self, seq: int | None, message: str) -> None:
@@ -26,11 +26,11 @@ class Subscription:
         if seq is None:
             # Not a logged event (the conversation was deleted): nothing to order it by.
             self._send(message)
-        elif self._held is not None:
-            if len(self._held) >= MAX_HELD_EVENTS:
-                self._held.clear()
+        elif self._live_backlog is not None:
+            if len(self._live_backlog) >= MAX_HELD_EVENTS:
+                self._live_backlog.clear()
                 self.overflowed = True
-            self._held.append((seq, message))
+            self._live_backlog.append((seq, message))
         else:
             self._send_once(seq, message)
 
@@ -40,19 +40,19 @@ class Subscription:
             self._send_once(seq, message)
 
     def go_live(self) -> bool:
-        """Send the held events and deliver live ones from now on.
+        """Send the buffered live events and deliver live ones from now on.
 
-        Returns False, and stays in replay, when held events were dropped: the caller
+        Returns False, and stays in replay, when buffered live events were dropped: the caller
         must replay from the log again from last_seq before it tries again.
         """
-        if self._held is None:
+        if self._live_backlog is None:
             return True
         if self.overflowed:
             self.overflowed = False
-            self._held = []
+            self._live_backlog = []
             return False
-        held, self._held = self._held, None
-        for seq, message in sorted(held, key=lambda item: item[0]):
+        backlog, self._live_backlog = self._live_backlog, None
+        for seq, message in sorted(backlog, key=lambda item: item[0]):
             self._send_once(seq, message)
         return True
 

@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 from media.vad import VAD_RATE_HZ, Utterance
+from server.json_views import voice_message_json
 from server.services import Services
 from storage.conversations import StoredMessage, insert_message
 
@@ -40,15 +41,6 @@ async def store_user_turn(
     await services.bus.publish(
         conversation_id,
         "message:received",
-        {
-            "messageId": str(message.id),
-            "role": "user",
-            "content": message.content,
-            "sequenceNumber": message.sequence_number,
-            "audioFileId": file_id,
-            "audioUrl": f"/api/audio/{file_id}",
-            "audioDuration": round(duration_s, 3),
-            "metadata": metadata,
-        },
+        voice_message_json(message, file_id, duration_s, metadata),
     )
     return message

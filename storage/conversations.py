@@ -135,8 +135,10 @@ async def update_settings(
 
 
 async def delete_conversation(pool: asyncpg.Pool, conversation_id: uuid.UUID) -> list[str]:
-    """Delete a conversation and, by cascade, its messages, chunks and events; return the
-    ids of the audio files they referred to, for the caller to remove from disk."""
+    """Delete a conversation and, by cascade, its messages, chunks and events.
+
+    Returns the ids of the audio files they referred to, for the caller to remove from disk.
+    """
     async with pool.acquire() as connection, connection.transaction():
         rows = await connection.fetch(
             """

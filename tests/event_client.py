@@ -68,7 +68,7 @@ class EventClient:
     async def request(
         self, event_type: str, data: dict[str, Any] | None = None, timeout_s: float = 30.0
     ) -> Event:
-        """Send an event and return the first event that answers it (same requestId)."""
+        """Send an event and return the first response to it (the same requestId)."""
         request_id = await self.send(event_type, data)
         return await self.wait_for(lambda e: e.get("requestId") == request_id, timeout_s)
 
@@ -106,6 +106,6 @@ class EventClient:
         return [event for event in self.events if event["type"] == event_type]
 
     async def is_open(self) -> bool:
-        """Check the connection still answers: a ping gets its pong."""
+        """Check the connection still responds: a ping gets its pong."""
         answer = await self.request("connection:ping", timeout_s=10)
         return answer["type"] == "connection:pong"

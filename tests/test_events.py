@@ -582,7 +582,7 @@ async def test_unsubscribe_stops_events(client: EventClient, server: RunningServ
 async def test_channel_answers_every_event(
     client: EventClient, server: RunningServer, tmp_path: Path
 ) -> None:
-    """Every client event type sent on a call's data channel gets its answer there."""
+    """Every client event type sent on a call's data channel gets its response there."""
     conversation_id = await new_conversation(client, title="Channel round trips")
     await client.request(
         "message:send", {"conversationId": conversation_id, "content": "Hi", "speak": False}

@@ -56,8 +56,8 @@ export class ConversationStore {
 
   // Conversation list.
 
-  // A list answer or an event can arrive after a newer change to the same conversation
-  // (the list was read before it); the newer updatedAt wins, so a status never reverts.
+  // A list response or an event can arrive after a newer change to the same conversation,
+  // because the list was read before it. The newer updatedAt wins, so a status never reverts.
   setConversations(conversations) {
     const known = new Map(this.state.conversations.map((c) => [c.conversationId, c]));
     const fresh = conversations.map((incoming) => {
@@ -108,7 +108,7 @@ export class ConversationStore {
   // Current conversation and its messages.
 
   openConversation(conversationId) {
-    // Until the load answers, the view shows what the list knows, never the previous one.
+    // Until the load completes, the view shows the list's copy, never the previous one.
     const listed = this.state.conversations.find((c) => c.conversationId === conversationId);
     this.update({
       currentId: conversationId,
