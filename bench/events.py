@@ -344,7 +344,8 @@ class BenchConversation:
             phase = self.phase
             raise TimeoutError(
                 f"conversation {self.conversation_id}: no {step_name} within "
-                f"{STEP_TIMEOUT_S:.0f} s ({len(phase.reply_rtt_s)} of {phase.messages} replies at the watcher)"
+                f"{STEP_TIMEOUT_S:.0f} s ({len(phase.reply_rtt_s)} of {phase.messages} "
+                "replies at the watcher)"
             ) from None
 
     def _on_event(self, socket: EventSocket, event: Event, arrived_at: float) -> None:
