@@ -77,6 +77,7 @@ async def handle_health(request: web.Request) -> web.Response:
             "llm": services.llm.name,
             "stt": services.stt.model_name,
             "tts": services.tts.voice_path,
+            "memory": services.memory.status(),
         }
     )
 

@@ -175,6 +175,13 @@ class CallSession:
             self._start_task(self.close(str(exc)), "close")
 
     async def _on_segmenter_event(self, event: SegmenterEvent) -> None:
+        # While the caller speaks, background memory work stops so STT gets the CPU. An
+        # utterance ends at the latest after vad_max_utterance_s.
+        gate = self._services.memory.gate
+        if isinstance(event, Utterance):
+            gate.touch()
+        else:
+            gate.touch(lasting_s=self._services.settings.vad_max_utterance_s)
         if isinstance(event, SpeechPaused):
             self._transcribe_early(event)
         elif isinstance(event, Utterance):
@@ -219,7 +226,8 @@ class CallSession:
     async def _run_turns(self) -> None:
         while True:
             turn = await self._turns.get()
-            await self._handle_turn(turn)
+            with self._services.memory.gate.hold():
+                await self._handle_turn(turn)
 
     async def _handle_turn(self, turn: QueuedTurn) -> None:
         services = self._services

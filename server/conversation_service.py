@@ -25,10 +25,13 @@ from server.event_bus import Subscriber
 from server.json_views import (
     chunk_json,
     conversation_json,
+    key_fact_json,
     message_json,
     search_result_json,
+    summary_json,
     template_json,
 )
+from server.memory.context import MemorySettings
 from server.protocol import (
     CreateConversation,
     ListConversations,
@@ -37,6 +40,7 @@ from server.protocol import (
     SettingsChange,
 )
 from storage import conversations as store
+from storage import memory as memory_store
 from storage.chunks import insert_chunk
 from storage.history import message_page
 from storage.search import search
@@ -67,6 +71,13 @@ SETTINGS_FIELDS = {
     "maxContextTokens": "max_context_tokens",
     "autoSummarize": "auto_summarize",
     "summarizeThreshold": "summarize_threshold",
+}
+MEMORY_FIELDS = {
+    "memoryStrategy",
+    "maxContextMessages",
+    "maxContextTokens",
+    "autoSummarize",
+    "summarizeThreshold",
 }
 
 
@@ -327,6 +338,9 @@ class ConversationService:
         await self._services.bus.publish(
             row["id"], "conversation:updated", body, origin=origin, request_id=request_id
         )
+        if changed & MEMORY_FIELDS:
+            # A new strategy may need summaries or embeddings the old one did not keep.
+            self._services.memory.notify(row["id"])
         return body
 
     def _check_model(self, request: SettingsChange) -> None:
@@ -339,11 +353,51 @@ class ConversationService:
                 f"{', '.join(allowed)} (PARLEY_OLLAMA_ALLOWED_MODELS)"
             )
 
+    async def memory(self, user_id: uuid.UUID, conversation_id: uuid.UUID) -> dict[str, Any]:
+        """Return the conversation's memory: settings, token budget, summaries, key facts
+        and how many messages have embeddings."""
+        row = await self.owned(user_id, conversation_id)
+        memory = self._services.memory
+        settings = MemorySettings.from_row(row)
+        embedder = memory.embedder
+        summaries = await memory_store.list_summaries(self._pool, row["id"])
+        facts = await memory_store.list_key_facts(self._pool, row["id"])
+        embedded = (
+            await memory_store.embedding_count(self._pool, row["id"], embedder.name)
+            if embedder is not None
+            else 0
+        )
+        return {
+            "conversationId": str(row["id"]),
+            "strategy": settings.strategy,
+            "tokenBudget": memory.budget(settings),
+            "tokenCounter": memory.counts.counter.name,
+            "summaries": [summary_json(summary) for summary in summaries],
+            "keyFacts": [key_fact_json(fact) for fact in facts],
+            "embeddings": {
+                "model": embedder.name if embedder is not None else None,
+                "messages": embedded,
+            },
+        }
+
+    async def context(self, user_id: uuid.UUID, conversation_id: uuid.UUID) -> dict[str, Any]:
+        """Return the context the next reply would be generated from, as it stands now."""
+        row = await self.owned(user_id, conversation_id)
+        context = await self._services.memory.context_for(row)
+        return {
+            "conversationId": str(row["id"]),
+            **context.event_data(),
+            "messages": [
+                {"role": message.role, "content": message.content} for message in context.messages
+            ],
+        }
+
     async def delete(self, user_id: uuid.UUID, conversation_id: uuid.UUID) -> None:
         """Delete the conversation with its rows and audio files; end its calls first."""
         await self.owned(user_id, conversation_id)
         await self._services.end_calls(conversation_id, "conversation deleted")
         await self._services.messages.cancel_replies(conversation_id)
+        self._services.memory.forget(conversation_id)
         file_ids = await store.delete_conversation(self._pool, conversation_id)
         removed = await self._services.audio_files.delete(file_ids)
         # The log went with the conversation, so this notice carries no seq.

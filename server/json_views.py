@@ -12,6 +12,7 @@ import asyncpg
 if TYPE_CHECKING:
     from server.chunking import ReplyChunk
     from storage.conversations import StoredMessage
+    from storage.memory import KeyFact, Summary
 
 
 def _iso(value: datetime.datetime | None) -> str | None:
@@ -149,4 +150,25 @@ def voice_message_json(
         "audioUrl": f"/api/audio/{file_id}",
         "audioDuration": round(duration_s, 3),
         "metadata": metadata,
+    }
+
+
+def summary_json(summary: Summary) -> dict[str, Any]:
+    return {
+        "summaryId": str(summary.id),
+        "messageRange": {"start": summary.start, "end": summary.end},
+        "tokenCount": summary.token_count,
+        "summary": summary.text,
+        "createdAt": _iso(summary.created_at),
+        "factsExtracted": summary.facts_extracted,
+    }
+
+
+def key_fact_json(fact: KeyFact) -> dict[str, Any]:
+    return {
+        "id": str(fact.id),
+        "type": fact.fact_type,
+        "text": fact.text,
+        "confidence": fact.confidence,
+        "extractedAt": _iso(fact.extracted_at),
     }

@@ -285,26 +285,40 @@ class MessageService:
         lock = self._reply_locks.setdefault(conversation_id, asyncio.Lock())
         self._lock_users[conversation_id] += 1
         try:
-            async with lock:
-                # Read inside the lock: the level or settings may have changed meanwhile.
-                row = await get_conversation(self._services.pool, conversation_id)
-                if row is None:
-                    logger.info("conversation %s is gone; no reply", conversation_id)
-                    return
-                pipeline = ReplyPipeline(
-                    self._services,
-                    row,
-                    track=track,
-                    clock=clock,
-                    speak=speak,
-                    task_name=task_name,
-                )
-                await pipeline.run()
+            # Background memory work waits while any reply runs or waits.
+            with self._services.memory.gate.hold():
+                await self._reply_locked(lock, conversation_id, clock, track, speak, task_name)
         finally:
             self._lock_users[conversation_id] -= 1
             if self._lock_users[conversation_id] == 0:
                 del self._lock_users[conversation_id]
                 del self._reply_locks[conversation_id]
+        self._services.memory.notify(conversation_id)
+
+    async def _reply_locked(
+        self,
+        lock: asyncio.Lock,
+        conversation_id: uuid.UUID,
+        clock: TurnClock,
+        track: ReplyAudioTrack | None,
+        speak: bool,
+        task_name: str,
+    ) -> None:
+        async with lock:
+            # Read inside the lock: the level or settings may have changed meanwhile.
+            row = await get_conversation(self._services.pool, conversation_id)
+            if row is None:
+                logger.info("conversation %s is gone; no reply", conversation_id)
+                return
+            pipeline = ReplyPipeline(
+                self._services,
+                row,
+                track=track,
+                clock=clock,
+                speak=speak,
+                task_name=task_name,
+            )
+            await pipeline.run()
 
     # -- chunk audio on request
 

@@ -15,15 +15,10 @@ from media.tracks import QueuedSpeech, ReplyAudioTrack
 from media.tts import Speech, SynthesisError
 from server.chunking import ReplyChunk, ReplyChunker
 from server.json_views import chunk_audio_json, chunk_json
-from server.llm.base import ChatMessage, GenerationOptions, LLMUnavailableError
-from server.prompts import tutor_system_prompt
+from server.llm.base import ChatMessage, GenerationOptions, LLMUnavailableError, PromptUsage
+from server.memory.context import AssembledContext
 from storage.chunks import insert_chunk_with_event, reset_unfinished_chunks, set_tts_status
-from storage.conversations import (
-    StoredMessage,
-    finish_message_with_event,
-    insert_message,
-    recent_messages,
-)
+from storage.conversations import StoredMessage, finish_message_with_event, insert_message
 
 if TYPE_CHECKING:
     import asyncpg
@@ -83,9 +78,9 @@ class ReplyPipeline:
         task_name: str = "reply",
     ) -> None:
         self._services = services
+        self._conversation = conversation
         self._conversation_id: uuid.UUID = conversation["id"]
         self._level: str = conversation["level"]
-        self._scenario: str | None = (conversation["metadata"] or {}).get("scenario")
         self._ai_settings: dict[str, Any] = conversation["ai_settings"] or {}
         self._track = track
         # A reply in a call is always spoken; in text chat the client may skip the audio.
@@ -100,6 +95,8 @@ class ReplyPipeline:
             f"ollama:{chosen}" if chosen and llm_name.startswith("ollama:") else llm_name
         )
         self._message: StoredMessage | None = None
+        self._context: AssembledContext | None = None
+        self._usage = PromptUsage()
         self._chunks: list[ChunkState] = []
         # Bounded: the model waits when synthesis falls more than eight chunks behind.
         self._tts_queue: asyncio.Queue[ChunkState | None] = asyncio.Queue(maxsize=8)
@@ -110,14 +107,23 @@ class ReplyPipeline:
             self._first_synthesised.set()
 
     async def run(self) -> None:
-        """Generate and speak the reply to the newest messages of the conversation."""
-        services = self._services
-        history = await recent_messages(
-            services.pool, self._conversation_id, services.settings.llm_history_messages
+        """Generate and speak the reply to the newest messages of the conversation, from
+        the context its memory strategy assembles."""
+        context = await self._services.memory.context_for(self._conversation)
+        self._context = context
+        # Sent beside the generation, so its database write never delays the first token.
+        announce = asyncio.create_task(
+            self._services.bus.publish(
+                self._conversation_id, "memory:context-updated", context.event_data()
+            ),
+            name=f"{self._task_name}-context",
         )
-        messages = [ChatMessage("system", tutor_system_prompt(self._level, self._scenario))]
-        messages += [ChatMessage(row["role"], row["content"]) for row in history]
+        try:
+            await self._run(context.messages)
+        finally:
+            await asyncio.gather(announce, return_exceptions=True)
 
+    async def _run(self, messages: list[ChatMessage]) -> None:
         # A reply without audio needs no speaker task: its chunks are never queued.
         speaker = (
             asyncio.create_task(self._speak_chunks(), name=f"{self._task_name}-tts")
@@ -154,6 +160,8 @@ class ReplyPipeline:
             frequency_penalty=ai.get("frequency_penalty"),
             presence_penalty=ai.get("presence_penalty"),
             model=ai.get("model"),
+            context_tokens=settings.ollama_context_tokens,
+            usage=self._usage,
         )
         chunker = ReplyChunker(first_chunk_words=settings.first_chunk_words)
         sentences = 0
@@ -333,6 +341,8 @@ class ReplyPipeline:
             "level": self._level,
             "timingsMs": self._clock.report(),
         }
+        if self._context is not None:
+            metadata["context"] = self._context_metadata(self._context)
 
         async def store(data: dict[str, Any]) -> int:
             return await finish_message_with_event(
@@ -365,6 +375,21 @@ class ReplyPipeline:
             status,
             len(self._chunks),
         )
+
+    def _context_metadata(self, context: AssembledContext) -> dict[str, Any]:
+        """What the reply was generated from, with the prompt tokens the backend reported
+        beside the server's own count (they differ where the count is an estimate)."""
+        reported = self._usage.prompt_tokens
+        if reported is not None and reported > context.token_count:
+            logger.warning(
+                "conversation %s: %s reported %d prompt tokens, %d counted by %s",
+                self._conversation_id,
+                self._model_name,
+                reported,
+                context.token_count,
+                self._services.memory.counts.counter.name,
+            )
+        return {**context.event_data(), "reportedPromptTokens": reported}
 
     def _chunk_json(self, state: ChunkState) -> dict[str, Any]:
         return chunk_json(

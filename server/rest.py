@@ -120,6 +120,16 @@ async def patch_conversation(request: web.Request) -> web.Response:
     return web.json_response(conversation_json(row))
 
 
+async def conversation_memory(request: web.Request) -> web.Response:
+    services, user_id = await _user(request)
+    return web.json_response(await services.conversations.memory(user_id, _path_id(request)))
+
+
+async def conversation_context(request: web.Request) -> web.Response:
+    services, user_id = await _user(request)
+    return web.json_response(await services.conversations.context(user_id, _path_id(request)))
+
+
 async def delete_conversation(request: web.Request) -> web.Response:
     services, user_id = await _user(request)
     await services.conversations.delete(user_id, _path_id(request))
@@ -162,5 +172,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_delete("/api/conversations/{conversation_id}", delete_conversation)
     app.router.add_get("/api/conversations/{conversation_id}/messages", message_history)
     app.router.add_get("/api/conversations/{conversation_id}/events", conversation_events)
+    app.router.add_get("/api/conversations/{conversation_id}/memory", conversation_memory)
+    app.router.add_get("/api/conversations/{conversation_id}/context", conversation_context)
     app.router.add_get("/api/search", search)
     app.router.add_get("/api/templates", templates)

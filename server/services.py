@@ -26,6 +26,7 @@ from storage.database import Database, open_database
 if TYPE_CHECKING:
     from server.call_session import CallSession
     from server.conversation_service import ConversationService
+    from server.memory.manager import MemoryManager
     from server.messaging import MessageService
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class Services:
     # Set by open_services right after construction, because both take the services.
     conversations: ConversationService = field(init=False)
     messages: MessageService = field(init=False)
+    memory: MemoryManager = field(init=False)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -67,6 +69,7 @@ class Services:
         for session in list(self.sessions.values()):
             await session.close("server shutting down")
         await self.messages.close()
+        await self.memory.close()
         await self.llm.close()
         self.stt.close()
         self.tts.close()
@@ -117,10 +120,20 @@ async def open_services(settings: Settings) -> Services:
     )
     # Imported here: both modules import this one.
     from server.conversation_service import ConversationService
+    from server.memory.setup import open_memory
     from server.messaging import MessageService
 
+    try:
+        services.memory = await open_memory(settings, llm, database.pool, services.bus)
+    except BaseException:
+        await llm.close()
+        stt.close()
+        tts.close()
+        await database.close()
+        raise
     services.conversations = ConversationService(services)
     services.messages = MessageService(services)
+    services.memory.start()
     return services
 
 

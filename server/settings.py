@@ -50,11 +50,31 @@ class Settings:
     # Also a cap on chunks, for replies that run on in clauses without a full stop.
     llm_max_reply_chunks: int = 12
     llm_temperature: float = 0.6
-    llm_history_messages: int = 12
     # The first chunk of a reply is cut after this many words, mid-sentence if need be,
     # because the caller hears nothing until it is synthesised. Fewer words reply sooner
     # (about 40 ms a word on 2 cores) at some cost to the first phrase's intonation.
     first_chunk_words: int = 4
+
+    # Conversation memory. Ollama's context window, sent as num_ctx with every request.
+    ollama_context_tokens: int = 4096
+    # Where message embeddings come from: "auto" (Ollama's embed endpoint when Ollama serves
+    # the chat model, else the packaged all-MiniLM-L6-v2), "ollama", "local" or "off".
+    embeddings: str = "auto"
+    ollama_embed_model: str = "all-minilm"
+    # Messages retrieved by similarity at most, under the semantic strategy.
+    memory_semantic_top_k: int = 8
+    # Conversations whose embeddings stay in memory for similarity search.
+    memory_index_conversations: int = 64
+    # Background summaries wait until no reply or turn has run for this long.
+    memory_quiet_s: float = 1.0
+    # A new summary folds in at least this many messages that left the recent window.
+    memory_summary_batch: int = 10
+    # Messages given to the model for one summary, in tokens; a longer backlog takes
+    # several summaries. Keep it well inside the model's context window.
+    memory_summary_input_tokens: int = 1000
+    memory_summary_words: int = 120
+    # Wait before retrying a summary or fact extraction that failed.
+    memory_retry_s: float = 30.0
 
     # Speech to text: a faster-whisper model name ("small", "base.en") or a model folder.
     stt_model: str = ""
@@ -130,6 +150,16 @@ class Settings:
             raise SettingsError(
                 f"PARLEY_JITTER_PREFETCH_PACKETS={self.jitter_prefetch_packets} is invalid: use 1-8"
             )
+        if self.embeddings not in EMBEDDING_SOURCES:
+            raise SettingsError(
+                f"PARLEY_EMBEDDINGS={self.embeddings!r} is invalid: use one of "
+                + ", ".join(EMBEDDING_SOURCES)
+            )
+        if self.memory_summary_input_tokens < 100:
+            raise SettingsError(
+                f"PARLEY_MEMORY_SUMMARY_INPUT_TOKENS={self.memory_summary_input_tokens} "
+                "is invalid: use 100 or more"
+            )
         if self.event_loop not in EVENT_LOOPS:
             raise SettingsError(
                 f"PARLEY_EVENT_LOOP={self.event_loop!r} is invalid: use uvloop or asyncio"
@@ -168,6 +198,7 @@ class Settings:
 
 
 LLM_BACKENDS = ("auto", "ollama", "embedded")
+EMBEDDING_SOURCES = ("auto", "ollama", "local", "off")
 EVENT_LOOPS = ("uvloop", "asyncio")
 
 # Settings that keep the names their ecosystems already use.

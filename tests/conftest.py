@@ -29,6 +29,7 @@ from server.ice import restrict_host_addresses
 from storage.database import init_connection
 from storage.embedded_postgres import EmbeddedPostgres
 from storage.users import create_user
+from tests.ollama_standin import EMBED_MODEL as OLLAMA_EMBED_MODEL
 from tests.ollama_standin import MODEL as OLLAMA_MODEL
 from tests.ollama_standin import OllamaStandIn
 
@@ -90,7 +91,8 @@ class RunningServer:
     data_dir: Path
     log_path: Path
     process: subprocess.Popen[bytes]
-    # The bearer token of the user "tester", created with the server.
+    # The bearer token of the user "tester" (another name on a restart), created with the
+    # server.
     token: str = ""
     _pool: asyncpg.Pool | None = field(default=None, repr=False)
 
@@ -129,9 +131,15 @@ class RunningServer:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-async def start_server(tmp_path: Path, admin_dsn: str, **env_overrides: str) -> RunningServer:
-    """Start `parley serve` on a free port with a fresh database; wait for /healthz."""
-    dsn = await create_database(admin_dsn)
+async def start_server(
+    tmp_path: Path, admin_dsn: str, *, dsn: str | None = None, **env_overrides: str
+) -> RunningServer:
+    """Start `parley serve` on a free port; wait for /healthz. It gets a fresh database
+    unless dsn names one (to restart on the same data)."""
+    # A restarted server's data already has a user "tester".
+    user_name = "tester" if dsn is None else f"tester-{time.monotonic_ns()}"
+    if dsn is None:
+        dsn = await create_database(admin_dsn)
 
     port = free_port()
     data_dir = tmp_path / f"data-{port}"
@@ -159,7 +167,7 @@ async def start_server(tmp_path: Path, admin_dsn: str, **env_overrides: str) -> 
             )
         try:
             await server.health()
-            server.token = await server.create_user("tester")
+            server.token = await server.create_user(user_name)
             return server
         except aiohttp.ClientError:
             await asyncio.sleep(0.3)
@@ -218,6 +226,7 @@ async def chat_server(
         postgres_admin_dsn,
         OLLAMA_HOST=standin.url,
         PARLEY_OLLAMA_MODEL=OLLAMA_MODEL,
+        PARLEY_OLLAMA_EMBED_MODEL=OLLAMA_EMBED_MODEL,
         PARLEY_MAX_WAITING_REPLIES="20",
         PARLEY_CLIENT_EVENTS_PER_S="200",
         PARLEY_CLIENT_EVENT_BURST="200",

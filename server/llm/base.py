@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -11,6 +11,14 @@ from typing import Protocol
 class ChatMessage:
     role: str
     content: str
+
+
+@dataclass
+class PromptUsage:
+    """Token counts a backend reports for one generation; None where it reports none."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -22,6 +30,10 @@ class GenerationOptions:
     presence_penalty: float | None = None
     # Another model of the same backend for this reply; None uses the server's.
     model: str | None = None
+    # The context window to ask for, in tokens (Ollama's num_ctx); None keeps the backend's.
+    context_tokens: int | None = None
+    # Filled in by backends that report token counts (Ollama does, at the end of a reply).
+    usage: PromptUsage | None = field(default=None, compare=False)
 
 
 class LLMUnavailableError(Exception):

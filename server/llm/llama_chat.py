@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from server.llm.base import ChatMessage, GenerationOptions, LLMUnavailableError
+from server.memory.tokens import LlamaTokenCounter
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,10 @@ class LlamaChatModel:
             finally:
                 bindings.llama_model_default_params = original
         logger.info("loaded %s (context %d tokens)", self.model_path, self._context_tokens)
+
+    def token_counter(self) -> LlamaTokenCounter:
+        """Return a counter with this model's tokenizer; call after load()."""
+        return LlamaTokenCounter(self._llama, self.model_path.rsplit("/", 1)[-1])
 
     def warm_up(self, system_prompt: str) -> None:
         """Evaluate the system prompt once, so llama.cpp's prefix cache already contains it

@@ -44,6 +44,8 @@ class OllamaChatModel:
             value = getattr(options, name)
             if value is not None:
                 settings[name] = value
+        if options.context_tokens is not None:
+            settings["num_ctx"] = options.context_tokens
         model = options.model or self.model
         try:
             stream = await self._client.chat(
@@ -53,6 +55,9 @@ class OllamaChatModel:
                 text = part.message.content
                 if text:
                     yield text
+                if part.done and options.usage is not None:
+                    options.usage.prompt_tokens = part.prompt_eval_count
+                    options.usage.completion_tokens = part.eval_count
         except ollama.ResponseError as exc:
             raise LLMUnavailableError(
                 f"Ollama at {self.host} rejected model {model!r}: {exc.error}"

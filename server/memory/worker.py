@@ -1,0 +1,340 @@
+"""Background memory work: summaries, key facts and message embeddings.
+
+One task works through the conversations that were notified, one at a time. Each step is
+derived from what is stored (the last summary's range, summaries without facts, messages
+without embeddings), so a restart resumes where the last run stopped: the start-up scan
+finds the conversations still behind. Model steps run only while the foreground gate is
+quiet and are stopped when a reply or a caller's turn begins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from server.json_views import key_fact_json, summary_json
+from server.llm.base import ChatMessage, ChatModel, GenerationOptions, LLMUnavailableError
+from server.memory.context import MemorySettings
+from server.memory.embeddings import Embedder, EmbeddingError, EmbeddingIndex
+from server.memory.gate import ForegroundGate, Preempted
+from server.memory.prompts import (
+    clean_summary,
+    facts_request,
+    parse_facts,
+    summary_request,
+)
+from server.memory.tokens import CachedCounts
+from storage.conversations import get_conversation
+from storage.memory import (
+    ContextMessage,
+    KeyFact,
+    Summary,
+    conversations_with_memory_work,
+    insert_summary,
+    last_summarised,
+    latest_summary,
+    list_key_facts,
+    mark_facts_extracted,
+    messages_in_range,
+    messages_without_embedding,
+    store_embeddings,
+    summaries_without_facts,
+    upsert_key_facts,
+)
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from server.event_bus import EventBus
+    from server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+EMBED_BATCH = 32
+# Messages read for one summary at most, before the token limit applies.
+SUMMARY_MAX_MESSAGES = 200
+
+
+@dataclass(frozen=True)
+class SummaryBlock:
+    start: int
+    end: int
+    messages: list[ContextMessage]
+    token_count: int
+
+
+class MemoryWorker:
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        llm: ChatModel,
+        bus: EventBus,
+        counts: CachedCounts,
+        gate: ForegroundGate,
+        settings: Settings,
+        embedder: Embedder | None,
+        index: EmbeddingIndex | None,
+    ) -> None:
+        self._pool = pool
+        self._llm = llm
+        self._bus = bus
+        self._counts = counts
+        self._gate = gate
+        self._settings = settings
+        self._embedder = embedder
+        self._index = index
+        # Insertion-ordered set of conversations to check; bounded by the conversations
+        # that exist, since each appears once.
+        self._pending: OrderedDict[uuid.UUID, None] = OrderedDict()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._retries: set[asyncio.TimerHandle] = set()
+        # Conversation being worked on, so a delete can wait for the step to stop.
+        self.current: uuid.UUID | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="memory-worker")
+
+    async def close(self) -> None:
+        for handle in self._retries:
+            handle.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def notify(self, conversation_id: uuid.UUID) -> None:
+        """Ask for the conversation's memory to be brought up to date."""
+        self._pending[conversation_id] = None
+        self._wake.set()
+
+    def forget(self, conversation_id: uuid.UUID) -> None:
+        self._pending.pop(conversation_id, None)
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending)
+
+    async def _run(self) -> None:
+        try:
+            for conversation_id in await conversations_with_memory_work(self._pool):
+                self.notify(conversation_id)
+            if self._pending:
+                logger.info("memory work resumes for %d conversations", len(self._pending))
+        except Exception:
+            logger.exception("scanning for unfinished memory work failed")
+        while True:
+            await self._wake.wait()
+            if not self._pending:
+                self._wake.clear()
+                continue
+            conversation_id, _ = self._pending.popitem(last=False)
+            await self._work_safely(conversation_id)
+
+    async def _work_safely(self, conversation_id: uuid.UUID) -> None:
+        self.current = conversation_id
+        try:
+            await self._work_on(conversation_id)
+        except Preempted:
+            # Foreground work started: try again once it is quiet, first in line.
+            self._pending[conversation_id] = None
+            self._pending.move_to_end(conversation_id, last=False)
+        except (LLMUnavailableError, EmbeddingError) as exc:
+            logger.warning(
+                "memory work on conversation %s failed, retrying in %.0f s: %s",
+                conversation_id,
+                self._settings.memory_retry_s,
+                exc,
+            )
+            self._retry_later(conversation_id)
+        except Exception:
+            logger.exception("memory work on conversation %s failed", conversation_id)
+            self._retry_later(conversation_id)
+        finally:
+            self.current = None
+
+    def _retry_later(self, conversation_id: uuid.UUID) -> None:
+        loop = asyncio.get_running_loop()
+
+        def retry() -> None:
+            self._retries.discard(handle)
+            self.notify(conversation_id)
+
+        handle = loop.call_later(self._settings.memory_retry_s, retry)
+        self._retries.add(handle)
+
+    async def catch_up(self, conversation_id: uuid.UUID) -> None:
+        """Bring the conversation's summaries, facts and embeddings up to date now, in the
+        caller's task; the errors the background loop retries are raised."""
+        await self._work_on(conversation_id)
+
+    async def _work_on(self, conversation_id: uuid.UUID) -> None:
+        row = await get_conversation(self._pool, conversation_id)
+        if row is None:
+            return
+        memory = MemorySettings.from_row(row)
+        if memory.keeps_summaries:
+            while (block := await self._due_block(conversation_id, memory)) is not None:
+                summary = await self._summarize(conversation_id, block)
+                if summary is None:
+                    break
+                if memory.keeps_facts:
+                    await self._extract_facts(conversation_id, summary, block.messages)
+        if memory.keeps_facts:
+            for summary in await summaries_without_facts(self._pool, conversation_id):
+                messages = await messages_in_range(
+                    self._pool, conversation_id, summary.start, summary.end, SUMMARY_MAX_MESSAGES
+                )
+                await self._extract_facts(conversation_id, summary, messages)
+        if memory.strategy == "semantic":
+            await self._embed_missing(conversation_id)
+
+    # -- summaries
+
+    async def _due_block(
+        self, conversation_id: uuid.UUID, memory: MemorySettings
+    ) -> SummaryBlock | None:
+        """Return the next messages to fold into the summary, or None if none are due.
+
+        Summaries start once the conversation holds more than summarize_threshold messages,
+        and cover the messages older than the recent window (max_context_messages) in
+        batches of at least memory_summary_batch messages.
+        """
+        row = await get_conversation(self._pool, conversation_id)
+        if row is None:
+            return None
+        newest = row["last_message_seq"]
+        done = await last_summarised(self._pool, conversation_id)
+        if done == 0 and newest <= memory.summarize_threshold:
+            return None
+        end = newest - memory.max_messages
+        # The first summary takes whatever left the window; later ones wait for a batch.
+        minimum = self._settings.memory_summary_batch if done else 1
+        if end - done < minimum:
+            return None
+        messages = await messages_in_range(
+            self._pool, conversation_id, done + 1, end, SUMMARY_MAX_MESSAGES
+        )
+        return self._fit_block(done + 1, end, messages)
+
+    def _fit_block(self, start: int, end: int, messages: list[ContextMessage]) -> SummaryBlock:
+        """Keep the messages that fit the summary's input budget; the block ends at the last
+        one kept, or at `end` when all fit (covering any empty messages between)."""
+        limit = self._settings.memory_summary_input_tokens
+        kept: list[ContextMessage] = []
+        tokens = 0
+        for message in messages:
+            cost = self._counts.count(message.id, message.content)
+            if kept and tokens + cost > limit:
+                break
+            kept.append(message)
+            tokens += cost
+        all_fit = len(kept) == len(messages) and len(messages) < SUMMARY_MAX_MESSAGES
+        block_end = end if all_fit or not kept else kept[-1].sequence_number
+        return SummaryBlock(start, block_end, kept, tokens)
+
+    async def _summarize(self, conversation_id: uuid.UUID, block: SummaryBlock) -> Summary | None:
+        previous = await latest_summary(self._pool, conversation_id)
+        words = self._settings.memory_summary_words
+        request = summary_request(previous.text if previous else None, block.messages, words)
+        text = clean_summary(await self._generate(request, max_tokens=words * 2))
+        if not text:
+            raise LLMUnavailableError(f"{self._llm.name} wrote an empty summary")
+        summary = await insert_summary(
+            self._pool, conversation_id, text, block.start, block.end, block.token_count
+        )
+        if summary is None:
+            logger.info(
+                "conversation %s: messages %d-%d were summarised meanwhile",
+                conversation_id,
+                block.start,
+                block.end,
+            )
+            return None
+        logger.info(
+            "conversation %s: summarised messages %d-%d (%d tokens)",
+            conversation_id,
+            block.start,
+            block.end,
+            block.token_count,
+        )
+        await self._bus.publish(
+            conversation_id,
+            "memory:summarized",
+            summary_json(summary),
+        )
+        return summary
+
+    async def _generate(self, messages: list[ChatMessage], *, max_tokens: int) -> str:
+        """Run the model once the foreground is quiet; Preempted if a turn begins."""
+        await self._gate.wait_quiet()
+        options = GenerationOptions(
+            max_tokens=max_tokens,
+            temperature=0.2,
+            context_tokens=self._settings.ollama_context_tokens,
+        )
+
+        async def collect() -> str:
+            pieces = []
+            stream = self._llm.stream_chat(messages, options)
+            async with contextlib.aclosing(stream):
+                async for piece in stream:
+                    pieces.append(piece)
+            return "".join(pieces)
+
+        return await self._gate.run_unless_preempted(collect())
+
+    # -- key facts
+
+    async def _extract_facts(
+        self, conversation_id: uuid.UUID, summary: Summary, messages: list[ContextMessage]
+    ) -> None:
+        if any(message.role == "user" for message in messages):
+            known = await list_key_facts(self._pool, conversation_id)
+            answer = await self._generate(facts_request(messages, known), max_tokens=160)
+            facts = parse_facts(answer)
+            if facts:
+                stored = await upsert_key_facts(self._pool, conversation_id, facts)
+                await self._publish_facts(conversation_id, stored)
+            logger.info(
+                "conversation %s: %d key facts from messages %d-%d",
+                conversation_id,
+                len(facts),
+                summary.start,
+                summary.end,
+            )
+        await mark_facts_extracted(self._pool, summary.id)
+
+    async def _publish_facts(self, conversation_id: uuid.UUID, facts: list[KeyFact]) -> None:
+        await self._bus.publish(
+            conversation_id,
+            "memory:key-facts-extracted",
+            {"facts": [key_fact_json(fact) for fact in facts]},
+        )
+
+    # -- embeddings
+
+    async def _embed_missing(self, conversation_id: uuid.UUID) -> None:
+        embedder = self._embedder
+        if embedder is None:
+            return
+        while True:
+            await self._gate.wait_quiet()
+            batch = await messages_without_embedding(
+                self._pool, conversation_id, embedder.name, EMBED_BATCH
+            )
+            if not batch:
+                return
+            vectors = await self._gate.run_unless_preempted(
+                embedder.embed([message.content for message in batch])
+            )
+            await store_embeddings(
+                self._pool, conversation_id, embedder.name, [m.id for m in batch], vectors
+            )
+            if self._index is not None:
+                self._index.add(conversation_id, [m.sequence_number for m in batch], vectors)

