@@ -109,7 +109,8 @@ def test_call_json_prints_summary(embedded_server: RunningServer) -> None:
     assert set(summary) == SUMMARY_KEYS
     assert "another engineer" in summary["user_transcript"].lower()
     assert summary["reply_text"]
-    assert summary["reply_audio_seconds"] >= 1.0
+    # SmolLM2's sampled reply may be as short as "What's that?" (0.5 s of speech).
+    assert summary["reply_audio_seconds"] >= 0.3, summary
     assert summary["events"][:2] == ["conversation:created", "message:received"]
     assert summary["errors"] == []
 

@@ -17,7 +17,7 @@ from server.event_bus import EventBus
 from server.llm.llama_chat import LlamaChatModel, default_model_path
 from server.llm.ollama_chat import OllamaChatModel
 from server.memory.context import FACTS_HEADER, STRATEGIES, SUMMARY_HEADER
-from server.memory.embeddings import Embedder
+from server.memory.embeddings import Embedder, EmbeddingIndex
 from server.memory.manager import MemoryManager
 from server.memory.setup import open_local_embedder
 from server.memory.tokens import EstimatedTokenCounter, LlamaTokenCounter
@@ -30,6 +30,7 @@ from storage.memory import (
     list_summaries,
     messages_in_range,
     newest_messages,
+    store_embeddings,
 )
 from tests.conftest import AUDIO_DIR, create_database
 from tests.memory_fixtures import (
@@ -312,3 +313,38 @@ def test_estimate_covers_smollm2_counts(llama_counter: LlamaTokenCounter) -> Non
     estimate = EstimatedTokenCounter()
     for text in texts:
         assert estimate.count(text) >= llama_counter.count(text), text
+
+
+async def test_index_grows_past_loaded_vectors(database: Database, minilm: Embedder) -> None:
+    """Vectors stored after the index loaded a conversation are found by the next search,
+    however many arrive, in any order."""
+    pool = database.pool
+    _, conversation_id = await seed_conversation(pool, 40, memory_strategy="semantic")
+    manager_index = EmbeddingIndex(pool, minilm.name, capacity=4)
+    rows = await messages_in_range(pool, conversation_id, 1, 40, 40)
+    first = rows[:30]
+    await store_embeddings(
+        pool,
+        conversation_id,
+        minilm.name,
+        [m.id for m in first],
+        await minilm.embed([m.content for m in first]),
+    )
+    query = (await minilm.embed([QUESTION]))[0]
+    before = await manager_index.search(conversation_id, query, before=41, top_k=40)
+    assert sorted(sequence for sequence, _ in before) == [m.sequence_number for m in first]
+
+    # The rest arrive newest first, more than the loaded buffer holds.
+    rest = list(reversed(rows[30:]))
+    manager_index.add(
+        conversation_id,
+        [m.sequence_number for m in rest],
+        await minilm.embed([m.content for m in rest]),
+    )
+    after = await manager_index.search(conversation_id, query, before=41, top_k=40)
+    assert sorted(sequence for sequence, _ in after) == list(range(1, 41))
+    scores = [score for _, score in after]
+    assert scores == sorted(scores, reverse=True)
+    assert after[0][0] in (FACT_MESSAGE, 40)
+    older = await manager_index.search(conversation_id, query, before=10, top_k=40)
+    assert sorted(sequence for sequence, _ in older) == list(range(1, 10))

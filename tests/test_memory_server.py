@@ -91,7 +91,9 @@ async def send_and_wait(client: EventClient, conversation_id: str, text: str) ->
 def last_reply_request(standin: OllamaStandIn) -> dict[str, Any]:
     """The newest chat request that asked for a tutor reply, not for memory work."""
     for body in reversed(standin.requests):
-        if body["messages"][0]["content"].startswith("You are Parley"):
+        # A one-token request is the memory worker restoring the model's prefix cache.
+        priming = body.get("options", {}).get("num_predict") == 1
+        if body["messages"][0]["content"].startswith("You are Parley") and not priming:
             return body
     raise AssertionError("no reply request reached the stand-in")
 

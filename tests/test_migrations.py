@@ -18,7 +18,7 @@ from storage.users import UserExistsError, create_user, issue_token, token_diges
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 ALEMBIC = REPO_DIR / ".venv" / "bin" / "alembic"
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 
 TABLES = {
     "users",
@@ -34,6 +34,7 @@ TABLES = {
     "conversation_tags",
     "conversation_branches",
     "message_reactions",
+    "message_embeddings",
 }
 
 # (constraint, table, pg_constraint.contype): "c" is CHECK, "u" is UNIQUE.
@@ -55,6 +56,8 @@ CONSTRAINTS = {
     ("valid_reaction", "message_reactions", "c"),
     ("unique_conversation_event_seq", "conversation_events", "u"),
     ("unique_token_sha256", "user_tokens", "u"),
+    ("unique_summary_start", "conversation_summaries", "u"),
+    ("valid_embedding_size", "message_embeddings", "c"),
 }
 
 SEARCH_INDEXES = {
@@ -209,6 +212,52 @@ async def test_duplicate_message_sequence_is_rejected(connection: asyncpg.Connec
         await new_message(connection, conversation_id, 1)
 
     assert raised.value.constraint_name == "unique_conversation_sequence"
+
+
+async def test_second_summary_of_a_range_is_rejected(connection: asyncpg.Connection) -> None:
+    conversation_id = await new_conversation(connection)
+    insert = (
+        "INSERT INTO conversation_summaries"
+        " (conversation_id, summary_text, message_range_start, message_range_end)"
+        " VALUES ($1, $2, 1, $3)"
+    )
+    await connection.execute(insert, conversation_id, "first", 10)
+
+    with pytest.raises(asyncpg.UniqueViolationError) as raised:
+        await connection.execute(insert, conversation_id, "again", 12)
+
+    assert raised.value.constraint_name == "unique_summary_start"
+
+
+async def test_same_key_fact_twice_is_rejected(connection: asyncpg.Connection) -> None:
+    conversation_id = await new_conversation(connection)
+    insert = (
+        "INSERT INTO conversation_key_facts (conversation_id, fact_type, fact_text)"
+        " VALUES ($1, 'interest', $2)"
+    )
+    await connection.execute(insert, conversation_id, "Football")
+
+    with pytest.raises(asyncpg.UniqueViolationError) as raised:
+        await connection.execute(insert, conversation_id, "football")
+
+    assert raised.value.constraint_name == "unique_key_fact"
+
+
+async def test_embedding_of_wrong_size_is_rejected(connection: asyncpg.Connection) -> None:
+    conversation_id = await new_conversation(connection)
+    message_id = await new_message(connection, conversation_id, 1)
+
+    with pytest.raises(asyncpg.CheckViolationError) as raised:
+        await connection.execute(
+            "INSERT INTO message_embeddings"
+            " (message_id, conversation_id, model, dimensions, embedding)"
+            " VALUES ($1, $2, 'm', 384, $3)",
+            message_id,
+            conversation_id,
+            b"\0" * 100,
+        )
+
+    assert raised.value.constraint_name == "valid_embedding_size"
 
 
 async def test_invalid_chunk_emotion_is_rejected(connection: asyncpg.Connection) -> None:

@@ -2,7 +2,7 @@
 
 `assemble` is pure: it takes what the manager loaded (the newest messages, the latest
 summary, key facts, messages retrieved by similarity) and returns the prompt. Every
-strategy keeps the system prompt and the newest message; the other layers take at most
+strategy keeps the system prompt and the newest message. The other layers take at most
 their share of the budget, and the newest messages that still fit fill the rest.
 """
 
@@ -74,7 +74,7 @@ class MemorySettings:
 
 @dataclass
 class MemorySources:
-    """What the manager loaded for one context."""
+    """The inputs the manager loaded for one context."""
 
     system_prompt: str
     # The newest messages, oldest first; the last one is the message being answered.
@@ -99,7 +99,7 @@ class AssembledContext:
     newest_truncated: bool
 
     def event_data(self) -> dict[str, Any]:
-        """The memory:context-updated payload, without the conversation id."""
+        """Return the memory:context-updated payload, without the conversation id."""
         return {
             "messageCount": len(self.message_sequences),
             "tokenCount": self.token_count,
@@ -172,7 +172,7 @@ def assemble(
     newest_list = [newest] if newest is not None else []
     messages = _build(system_prompt, sections, older + newest_list)
     token_count = count_messages(messages, counts)
-    # The layers were counted line by line; should joining them cost more than counted,
+    # The layers were counted line by line. Should joining them cost more than counted,
     # the oldest messages make room.
     while token_count > budget_tokens and older:
         older.pop(0)

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import asyncpg
 
     from server.event_bus import EventBus
-    from server.llm.base import ChatModel
+    from server.llm.base import ChatMessage, ChatModel
     from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ class MemoryManager:
             settings=settings,
             embedder=embedder,
             index=self.index,
+            system_message=self._system_message,
         )
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -145,6 +146,9 @@ class MemoryManager:
             (time.perf_counter() - started) * 1000,
         )
         return context
+
+    async def _system_message(self, conversation: Any) -> ChatMessage:
+        return (await self.context_for(conversation)).messages[0]
 
     async def _retrieve(
         self, conversation_id: uuid.UUID, recent: list[ContextMessage]

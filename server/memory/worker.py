@@ -14,8 +14,11 @@ import contextlib
 import logging
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import asyncpg
 
 from server.json_views import key_fact_json, summary_json
 from server.llm.base import ChatMessage, ChatModel, GenerationOptions, LLMUnavailableError
@@ -48,8 +51,6 @@ from storage.memory import (
 )
 
 if TYPE_CHECKING:
-    import asyncpg
-
     from server.event_bus import EventBus
     from server.settings import Settings
 
@@ -80,6 +81,7 @@ class MemoryWorker:
         settings: Settings,
         embedder: Embedder | None,
         index: EmbeddingIndex | None,
+        system_message: Callable[[asyncpg.Record], Awaitable[ChatMessage]],
     ) -> None:
         self._pool = pool
         self._llm = llm
@@ -95,8 +97,9 @@ class MemoryWorker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._retries: set[asyncio.TimerHandle] = set()
-        # Conversation being worked on, so a delete can wait for the step to stop.
-        self.current: uuid.UUID | None = None
+        # Returns the system message a reply in the conversation would get now.
+        self._system_message = system_message
+        self._used_model = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="memory-worker")
@@ -137,13 +140,14 @@ class MemoryWorker:
             await self._work_safely(conversation_id)
 
     async def _work_safely(self, conversation_id: uuid.UUID) -> None:
-        self.current = conversation_id
         try:
             await self._work_on(conversation_id)
         except Preempted:
             # Foreground work started: try again once it is quiet, first in line.
             self._pending[conversation_id] = None
             self._pending.move_to_end(conversation_id, last=False)
+        except asyncpg.ForeignKeyViolationError:
+            logger.info("conversation %s was deleted during its memory work", conversation_id)
         except (LLMUnavailableError, EmbeddingError) as exc:
             logger.warning(
                 "memory work on conversation %s failed, retrying in %.0f s: %s",
@@ -155,8 +159,6 @@ class MemoryWorker:
         except Exception:
             logger.exception("memory work on conversation %s failed", conversation_id)
             self._retry_later(conversation_id)
-        finally:
-            self.current = None
 
     def _retry_later(self, conversation_id: uuid.UUID) -> None:
         loop = asyncio.get_running_loop()
@@ -177,6 +179,23 @@ class MemoryWorker:
         row = await get_conversation(self._pool, conversation_id)
         if row is None:
             return
+        self._used_model = False
+        await self._update_memory(conversation_id, row)
+        if self._used_model:
+            await self._restore_prefix(conversation_id)
+
+    async def _restore_prefix(self, conversation_id: uuid.UUID) -> None:
+        """Have the model read the conversation's system message again, with its new
+        summary or facts. Backends keep the last prompt's state (llama.cpp's prefix cache),
+        and a summary prompt displaced the tutor's, which the next reply would otherwise
+        evaluate on its way to first audio."""
+        row = await get_conversation(self._pool, conversation_id)
+        if row is None:
+            return
+        system = await self._system_message(row)
+        await self._generate([system, ChatMessage("user", "Hello.")], max_tokens=1)
+
+    async def _update_memory(self, conversation_id: uuid.UUID, row: asyncpg.Record) -> None:
         memory = MemorySettings.from_row(row)
         if memory.keeps_summaries:
             while (block := await self._due_block(conversation_id, memory)) is not None:
@@ -273,6 +292,7 @@ class MemoryWorker:
     async def _generate(self, messages: list[ChatMessage], *, max_tokens: int) -> str:
         """Run the model once the foreground is quiet; Preempted if a turn begins."""
         await self._gate.wait_quiet()
+        self._used_model = True
         options = GenerationOptions(
             max_tokens=max_tokens,
             temperature=0.2,
