@@ -287,13 +287,16 @@ class MessageService:
         try:
             # Background memory work waits while any reply runs or waits.
             with self._services.memory.gate.hold():
-                await self._reply_locked(lock, conversation_id, clock, track, speak, task_name)
+                row = await self._reply_locked(
+                    lock, conversation_id, clock, track, speak, task_name
+                )
         finally:
             self._lock_users[conversation_id] -= 1
             if self._lock_users[conversation_id] == 0:
                 del self._lock_users[conversation_id]
                 del self._reply_locks[conversation_id]
-        self._services.memory.notify(conversation_id)
+        if row is not None:
+            self._services.memory.messages_added(row)
 
     async def _reply_locked(
         self,
@@ -303,13 +306,15 @@ class MessageService:
         track: ReplyAudioTrack | None,
         speak: bool,
         task_name: str,
-    ) -> None:
+    ) -> asyncpg.Record | None:
+        """Run the reply; return the conversation row it was generated for, or None if the
+        conversation is gone."""
         async with lock:
             # Read inside the lock: the level or settings may have changed meanwhile.
             row = await get_conversation(self._services.pool, conversation_id)
             if row is None:
                 logger.info("conversation %s is gone; no reply", conversation_id)
-                return
+                return None
             pipeline = ReplyPipeline(
                 self._services,
                 row,
@@ -319,6 +324,7 @@ class MessageService:
                 task_name=task_name,
             )
             await pipeline.run()
+            return row
 
     # -- chunk audio on request
 

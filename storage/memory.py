@@ -92,6 +92,40 @@ async def messages_by_sequence(
     return [_context_message(row) for row in rows]
 
 
+async def context_sources(
+    pool: asyncpg.Pool, conversation_id: uuid.UUID, limit: int, *, with_summary: bool
+) -> tuple[list[ContextMessage], Summary | None, list[KeyFact]]:
+    """Return what a context is built from, in one round trip: the newest `limit` messages
+    with content (oldest first), the latest summary (when asked for) and the key facts
+    (most confident and newest first)."""
+    row = await pool.fetchrow(
+        """
+        SELECT
+            ARRAY(SELECT ROW(id, role, content, sequence_number) FROM messages
+                  WHERE conversation_id = $1 AND content <> ''
+                  ORDER BY sequence_number DESC LIMIT $2) AS recent,
+            (SELECT ROW(id, summary_text, message_range_start, message_range_end,
+                        token_count, created_at, facts_extracted_at IS NOT NULL)
+             FROM conversation_summaries WHERE conversation_id = $1 AND $3
+             ORDER BY message_range_end DESC LIMIT 1) AS summary,
+            ARRAY(SELECT ROW(id, fact_type, fact_text, confidence, extracted_at)
+                  FROM conversation_key_facts WHERE conversation_id = $1
+                  ORDER BY confidence DESC, extracted_at DESC) AS facts
+        """,
+        conversation_id,
+        limit,
+        with_summary,
+    )
+    assert row is not None
+    recent = [ContextMessage(*fields) for fields in reversed(row["recent"])]
+    summary = Summary(*row["summary"]) if row["summary"] is not None else None
+    facts = [
+        KeyFact(fact_id, kind, text, float(confidence), extracted)
+        for fact_id, kind, text, confidence, extracted in row["facts"]
+    ]
+    return recent, summary, facts
+
+
 # -- summaries
 
 

@@ -204,7 +204,7 @@ def count_messages(messages: list[ChatMessage], counts: CachedCounts) -> int:
     """Tokens of a whole prompt as the budget counts them."""
     counter = counts.counter
     return counter.prompt_overhead + sum(
-        counter.count(message.content) + counter.message_overhead for message in messages
+        counts.count_text(message.content) + counter.message_overhead for message in messages
     )
 
 
@@ -215,7 +215,7 @@ def _fit_mandatory(
     alone exceed the budget: the newest message keeps its end, the system prompt its start."""
     counter = budget.counter
     newest = sources.recent[-1] if sources.recent else None
-    system_cost = counter.count(sources.system_prompt) + counter.message_overhead
+    system_cost = budget.counts.count_text(sources.system_prompt) + counter.message_overhead
     newest_cost = budget.message_cost(newest) if newest is not None else 0
     room = budget.left
     system_prompt = sources.system_prompt

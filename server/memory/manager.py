@@ -19,10 +19,8 @@ from server.memory.worker import MemoryWorker
 from server.prompts import tutor_system_prompt
 from storage.memory import (
     ContextMessage,
-    latest_summary,
-    list_key_facts,
+    context_sources,
     messages_by_sequence,
-    newest_messages,
     store_embeddings,
 )
 
@@ -93,6 +91,13 @@ class MemoryManager:
     def notify(self, conversation_id: uuid.UUID) -> None:
         self.worker.notify(conversation_id)
 
+    def messages_added(self, conversation: Any) -> None:
+        """Wake the background work for a conversation that got new messages, if its
+        settings keep summaries or embeddings."""
+        memory = MemorySettings.from_row(conversation)
+        if memory.keeps_summaries or memory.strategy == "semantic":
+            self.worker.notify(conversation["id"])
+
     def forget(self, conversation_id: uuid.UUID) -> None:
         """Drop what is kept in memory for a deleted conversation."""
         self.worker.forget(conversation_id)
@@ -119,12 +124,11 @@ class MemoryManager:
         conversation_id: uuid.UUID = conversation["id"]
         memory = MemorySettings.from_row(conversation)
         scenario = (conversation["metadata"] or {}).get("scenario")
-        recent, summary, facts = await asyncio.gather(
-            newest_messages(self._pool, conversation_id, memory.max_messages),
-            latest_summary(self._pool, conversation_id)
-            if memory.strategy in ("summarization", "hierarchical")
-            else _nothing(),
-            list_key_facts(self._pool, conversation_id),
+        recent, summary, facts = await context_sources(
+            self._pool,
+            conversation_id,
+            memory.max_messages,
+            with_summary=memory.strategy in ("summarization", "hierarchical"),
         )
         sources = MemorySources(
             system_prompt=tutor_system_prompt(conversation["level"], scenario),
@@ -134,9 +138,14 @@ class MemoryManager:
         )
         if memory.strategy == "semantic":
             sources.retrieved = await self._retrieve(conversation_id, recent)
-        context = await asyncio.to_thread(
-            assemble, sources, memory, self.budget(memory), self.counts
-        )
+        budget = self.budget(memory)
+        if sources.retrieved or not all(self.counts.cached(m.id) for m in recent):
+            # Texts to tokenize: up to max_context_messages of them, in a worker thread.
+            context = await asyncio.to_thread(assemble, sources, memory, budget, self.counts)
+        else:
+            # Every count is known, so assembling is list work of well under a millisecond,
+            # cheaper than the thread hand-off.
+            context = assemble(sources, memory, budget, self.counts)
         logger.debug(
             "conversation %s: %s context of %d/%d tokens in %.1f ms",
             conversation_id,
@@ -204,7 +213,3 @@ class MemoryManager:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("storing an embedding failed", exc_info=task.exception())
-
-
-async def _nothing() -> None:
-    return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -130,20 +131,32 @@ def _template_overheads(llama: Any, count: Callable[[str], int]) -> tuple[int, i
 
 class CachedCounts:
     """Token counts of stored texts by key (a message or summary id), kept for the texts
-    most recently used; stored texts do not change, so their counts never go stale."""
+    most recently used; stored texts do not change, so their counts never go stale.
+    Contexts are assembled in worker threads, so the cache takes a lock."""
 
     def __init__(self, counter: TokenCounter, capacity: int) -> None:
         self.counter = counter
         self._capacity = capacity
         self._counts: OrderedDict[object, int] = OrderedDict()
+        self._lock = threading.Lock()
 
     def count(self, key: object, text: str) -> int:
-        cached = self._counts.get(key)
-        if cached is not None:
-            self._counts.move_to_end(key)
-            return cached
+        with self._lock:
+            cached = self._counts.get(key)
+            if cached is not None:
+                self._counts.move_to_end(key)
+                return cached
         tokens = self.counter.count(text)
-        self._counts[key] = tokens
-        if len(self._counts) > self._capacity:
-            self._counts.popitem(last=False)
+        with self._lock:
+            self._counts[key] = tokens
+            if len(self._counts) > self._capacity:
+                self._counts.popitem(last=False)
         return tokens
+
+    def cached(self, key: object) -> bool:
+        with self._lock:
+            return key in self._counts
+
+    def count_text(self, text: str) -> int:
+        """Count a text that has no id, such as a system message, keyed by its hash."""
+        return self.count(("text", hash(text), len(text)), text)
