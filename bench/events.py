@@ -12,8 +12,9 @@ stand-in from the tests in a child process: one local HTTP request per reply, no
 inference. Every conversation has two WebSockets: the sender,
 which creates the conversation (so it is subscribed) and sends `message:send` with
 `speak: false`, and a watcher that subscribes with `conversation:load`. Each message makes
-4 stored events: the user's message:received, one chunk:generated per sentence of the
-two-sentence reply, and the assistant's message:received.
+5 stored events: the user's message:received, the reply's memory:context-updated, one
+chunk:generated per sentence of the two-sentence reply, and the assistant's
+message:received.
 
 Counting:
 - stored events: distinct seqs per conversation that the two sockets received during the

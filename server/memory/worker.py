@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 EMBED_BATCH = 32
+MAX_RETRY_S = 3600.0
 # Messages read for one summary at most, before the token limit applies.
 SUMMARY_MAX_MESSAGES = 200
 
@@ -97,6 +98,8 @@ class MemoryWorker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._retries: set[asyncio.TimerHandle] = set()
+        # Failures in a row per conversation; each doubles the wait before the next retry.
+        self._failures: dict[uuid.UUID, int] = {}
         # Returns the system message a reply in the conversation would get now.
         self._system_message = system_message
         self._used_model = False
@@ -118,6 +121,7 @@ class MemoryWorker:
 
     def forget(self, conversation_id: uuid.UUID) -> None:
         self._pending.pop(conversation_id, None)
+        self._failures.pop(conversation_id, None)
 
     @property
     def backlog(self) -> int:
@@ -142,6 +146,7 @@ class MemoryWorker:
     async def _work_safely(self, conversation_id: uuid.UUID) -> None:
         try:
             await self._work_on(conversation_id)
+            self._failures.pop(conversation_id, None)
         except Preempted:
             # Foreground work started: try again once it is quiet, first in line.
             self._pending[conversation_id] = None
@@ -149,26 +154,36 @@ class MemoryWorker:
         except asyncpg.ForeignKeyViolationError:
             logger.info("conversation %s was deleted during its memory work", conversation_id)
         except (LLMUnavailableError, EmbeddingError) as exc:
+            delay_s = self._retry_later(conversation_id)
             logger.warning(
                 "memory work on conversation %s failed, retrying in %.0f s: %s",
                 conversation_id,
-                self._settings.memory_retry_s,
+                delay_s,
                 exc,
             )
-            self._retry_later(conversation_id)
         except Exception:
-            logger.exception("memory work on conversation %s failed", conversation_id)
-            self._retry_later(conversation_id)
+            delay_s = self._retry_later(conversation_id)
+            logger.exception(
+                "memory work on conversation %s failed, retrying in %.0f s",
+                conversation_id,
+                delay_s,
+            )
 
-    def _retry_later(self, conversation_id: uuid.UUID) -> None:
+    def _retry_later(self, conversation_id: uuid.UUID) -> float:
+        """Schedule another try, after memory_retry_s doubled per failure in a row (at
+        most an hour); return the delay."""
+        failures = self._failures.get(conversation_id, 0)
+        self._failures[conversation_id] = failures + 1
+        delay_s = min(self._settings.memory_retry_s * 2 ** min(failures, 16), MAX_RETRY_S)
         loop = asyncio.get_running_loop()
 
         def retry() -> None:
             self._retries.discard(handle)
             self.notify(conversation_id)
 
-        handle = loop.call_later(self._settings.memory_retry_s, retry)
+        handle = loop.call_later(delay_s, retry)
         self._retries.add(handle)
+        return delay_s
 
     async def catch_up(self, conversation_id: uuid.UUID) -> None:
         """Bring the conversation's summaries, facts and embeddings up to date now, in the
