@@ -83,6 +83,13 @@ def test_serve_on_taken_port_fails_fast(tmp_path: Path) -> None:
         ),
         ("PARLEY_LOG_LEVEL", "LOUD", "PARLEY_LOG_LEVEL='LOUD' is invalid"),
         ("PARLEY_PORT", "70000", "PARLEY_PORT=70000 is invalid"),
+        ("PARLEY_EMBEDDINGS", "cloud", "PARLEY_EMBEDDINGS='cloud' is invalid"),
+        ("PARLEY_MEMORY_SUMMARY_BATCH", "0", "PARLEY_MEMORY_SUMMARY_BATCH=0 is invalid"),
+        (
+            "PARLEY_MEMORY_SUMMARY_INPUT_TOKENS",
+            "50",
+            "PARLEY_MEMORY_SUMMARY_INPUT_TOKENS=50 is invalid",
+        ),
     ],
 )
 def test_serve_rejects_bad_setting(tmp_path: Path, variable: str, value: str, message: str) -> None:
