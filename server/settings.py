@@ -155,15 +155,15 @@ class Settings:
                 f"PARLEY_EMBEDDINGS={self.embeddings!r} is invalid: use one of "
                 + ", ".join(EMBEDDING_SOURCES)
             )
-        for name, value in (
+        for variable, number in (
             ("PARLEY_MEMORY_SUMMARY_BATCH", self.memory_summary_batch),
             ("PARLEY_MEMORY_INDEX_CONVERSATIONS", self.memory_index_conversations),
             ("PARLEY_MEMORY_SEMANTIC_TOP_K", self.memory_semantic_top_k),
             ("PARLEY_MEMORY_SUMMARY_WORDS", self.memory_summary_words),
             ("PARLEY_OLLAMA_CONTEXT_TOKENS", self.ollama_context_tokens),
         ):
-            if value < 1:
-                raise SettingsError(f"{name}={value} is invalid: use 1 or more")
+            if number < 1:
+                raise SettingsError(f"{variable}={number} is invalid: use 1 or more")
         if self.memory_summary_input_tokens < 100:
             raise SettingsError(
                 f"PARLEY_MEMORY_SUMMARY_INPUT_TOKENS={self.memory_summary_input_tokens} "
