@@ -19,6 +19,7 @@ from server.llm.ollama_chat import OllamaChatModel
 from server.memory.context import FACTS_HEADER, STRATEGIES, SUMMARY_HEADER
 from server.memory.embeddings import Embedder, EmbeddingIndex
 from server.memory.manager import MemoryManager
+from server.memory.prompts import clean_summary, parse_facts
 from server.memory.setup import open_local_embedder
 from server.memory.tokens import EstimatedTokenCounter, LlamaTokenCounter
 from server.prompts import tutor_system_prompt
@@ -238,14 +239,22 @@ async def test_summaries_chain_without_gaps(manager: MemoryManager, database: Da
     assert summaries[0].start == 1
     for before, after in itertools.pairwise(summaries):
         assert after.start == before.end + 1
-    # Everything older than the 20 newest messages is summarised, but for less than one
-    # batch of 10 that waits for more to leave the window.
-    assert 300 - 20 - 10 < summaries[-1].end <= 300 - 20
+    # Everything older than the 20 newest messages is summarised, in several summaries
+    # since one reads at most 1000 tokens of messages.
+    assert summaries[-1].end == 300 - 20
+    assert len(summaries) > 1
     assert all(s.token_count and s.token_count > 0 for s in summaries)
 
-    # Nothing more is due until a batch of messages has left the window.
+    # Nothing more is due until a batch of 10 messages has left the window.
+    for _ in range(9):
+        await insert_message(pool, conversation_id, "user", "What time is it?")
     await manager.worker.catch_up(conversation_id)
     assert len(await list_summaries(pool, conversation_id)) == len(summaries)
+    await insert_message(pool, conversation_id, "user", "What day is it?")
+    await manager.worker.catch_up(conversation_id)
+    newest = await list_summaries(pool, conversation_id)
+    assert len(newest) == len(summaries) + 1
+    assert (newest[-1].start, newest[-1].end) == (281, 290)
 
 
 async def test_summary_yields_to_replies(
@@ -348,3 +357,32 @@ async def test_index_grows_past_loaded_vectors(database: Database, minilm: Embed
     assert after[0][0] in (FACT_MESSAGE, 40)
     older = await manager_index.search(conversation_id, query, before=10, top_k=40)
     assert sorted(sequence for sequence, _ in older) == list(range(1, 10))
+
+
+def test_facts_parsed_from_small_model_output() -> None:
+    # SmolLM2-135M's answer to the facts request, with the example's goal copied in.
+    answer = (
+        "personal_info: The learner's name is Ana and I am preparing for the IELTS exam\n"
+        "learning_goal: speak better English at work\n"
+        "weakness: forgetting past tense of irregular verbs\n"
+        "feeling: love Italian food\n"
+        "- Strengths: `Italian food` (0.9)\n"
+        "The learner said: hello"
+    )
+    facts = parse_facts(answer)
+    assert facts == [
+        (
+            "personal_info",
+            "The learner's name is Ana and I am preparing for the IELTS exam",
+            0.7,
+        ),
+        ("weakness", "forgetting past tense of irregular verbs", 0.7),
+        ("strength", "Italian food", 0.9),
+    ]
+    assert parse_facts("none") == []
+
+
+def test_summary_loses_cut_sentence() -> None:
+    cut = "[happy] The learner is *Ana*. She studies for the IELTS exam. The next message is about"
+    assert clean_summary(cut) == "The learner is Ana. She studies for the IELTS exam."
+    assert clean_summary("One sentence without an end") == "One sentence without an end"

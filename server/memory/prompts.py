@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from server.llm.base import ChatMessage
-from storage.memory import ContextMessage, KeyFact
+from storage.memory import ContextMessage
 
 SUMMARY_INSTRUCTIONS = (
     "You keep the memory of an English lesson between a tutor and a learner. "
@@ -16,10 +16,23 @@ SUMMARY_INSTRUCTIONS = (
     "with no tags, lists or greetings."
 )
 FACTS_INSTRUCTIONS = (
-    "You read what a language learner said and list facts about the learner. "
-    "Write one fact per line as `type: fact`, using only these types: "
-    "personal_info, learning_goal, level, weakness, strength, user_preference, interest. "
-    "Only write facts the learner stated or clearly showed. If there are none, write `none`."
+    "You list facts about a language learner from what they said. "
+    "Answer only with lines of the form `type: fact`. Types: personal_info, learning_goal, "
+    "level, weakness, strength, user_preference, interest. "
+    "Write `none` if there are no facts."
+)
+# One worked example before the real request: SmolLM2-135M ignored the line format when only
+# told it, and followed it when shown it. Facts copied from the example are dropped.
+FACTS_EXAMPLE_SAID = (
+    "- Hi, I'm Tom and I work as a nurse.",
+    "- I want to speak better English at work.",
+    "- I always mix up since and for.",
+)
+FACTS_EXAMPLE_ANSWER = (
+    "personal_info: The learner's name is Tom",
+    "personal_info: The learner works as a nurse",
+    "learning_goal: speak better English at work",
+    "weakness: mixes up since and for",
 )
 FACT_TYPES = (
     "personal_info",
@@ -55,6 +68,7 @@ _FACT_LINE = re.compile(
     r"^\s*(?:[-*•]|\d+[.)])?\s*`?([A-Za-z_ ]{2,30})`?\s*[:|]\s*(.+?)"
     r"\s*(?:\((0?\.\d+|1(?:\.0+)?)\))?\s*$"
 )
+_EXAMPLE_FACTS = {line.split(": ", 1)[1].lower() for line in FACTS_EXAMPLE_ANSWER}
 _TAG = re.compile(r"\[[a-z]+(?:\s+[\d.]+)?\]|\*", re.IGNORECASE)
 
 
@@ -78,21 +92,28 @@ def summary_request(
     ]
 
 
-def facts_request(messages: list[ContextMessage], known: list[KeyFact]) -> list[ChatMessage]:
+def facts_request(messages: list[ContextMessage]) -> list[ChatMessage]:
     said = "\n".join(f"- {m.content}" for m in messages if m.role == "user")
-    known_lines = "\n".join(f"{fact.fact_type}: {fact.text}" for fact in known) or "(none)"
     return [
         ChatMessage("system", FACTS_INSTRUCTIONS),
-        ChatMessage(
-            "user",
-            f"Facts already known:\n{known_lines}\n\nWhat the learner said:\n{said}\n\nNew facts:",
-        ),
+        ChatMessage("user", _facts_question("\n".join(FACTS_EXAMPLE_SAID))),
+        ChatMessage("assistant", "\n".join(FACTS_EXAMPLE_ANSWER)),
+        ChatMessage("user", _facts_question(said)),
     ]
 
 
+def _facts_question(said: str) -> str:
+    return f"What the learner said:\n{said}\n\nFacts:"
+
+
 def clean_summary(text: str) -> str:
-    """Strip the emotion tags and stress marks a tutor model may add out of habit."""
-    return " ".join(_TAG.sub("", text).split())
+    """Strip the emotion tags and stress marks a tutor model may add out of habit, and a
+    last sentence cut off by the token limit."""
+    text = " ".join(_TAG.sub("", text).split())
+    if not text or text.endswith((".", "!", "?")):
+        return text
+    last_end = max(text.rfind(". "), text.rfind("! "), text.rfind("? "))
+    return text[: last_end + 1] if last_end > 0 else text
 
 
 def parse_facts(text: str) -> list[tuple[str, str, float]]:
@@ -108,7 +129,7 @@ def parse_facts(text: str) -> list[tuple[str, str, float]]:
         if fact_type is None or not fact_text or fact_text.lower() == "none":
             continue
         key = (fact_type, fact_text.lower())
-        if key in seen:
+        if key in seen or fact_text.lower() in _EXAMPLE_FACTS:
             continue
         seen.add(key)
         confidence = float(match.group(3)) if match.group(3) else EXTRACTED_CONFIDENCE

@@ -41,7 +41,6 @@ from storage.memory import (
     insert_summary,
     last_summarised,
     latest_summary,
-    list_key_facts,
     mark_facts_extracted,
     messages_in_range,
     messages_without_embedding,
@@ -213,10 +212,12 @@ class MemoryWorker:
     async def _update_memory(self, conversation_id: uuid.UUID, row: asyncpg.Record) -> None:
         memory = MemorySettings.from_row(row)
         if memory.keeps_summaries:
-            while (block := await self._due_block(conversation_id, memory)) is not None:
+            continuing = False
+            while (block := await self._due_block(conversation_id, memory, continuing)) is not None:
                 summary = await self._summarize(conversation_id, block)
                 if summary is None:
                     break
+                continuing = True
                 if memory.keeps_facts:
                     await self._extract_facts(conversation_id, summary, block.messages)
         if memory.keeps_facts:
@@ -231,13 +232,15 @@ class MemoryWorker:
     # -- summaries
 
     async def _due_block(
-        self, conversation_id: uuid.UUID, memory: MemorySettings
+        self, conversation_id: uuid.UUID, memory: MemorySettings, continuing: bool
     ) -> SummaryBlock | None:
         """Return the next messages to fold into the summary, or None if none are due.
 
         Summaries start once the conversation holds more than summarize_threshold messages,
         and cover the messages older than the recent window (max_context_messages) in
-        batches of at least memory_summary_batch messages.
+        batches of at least memory_summary_batch messages. A backlog longer than one
+        summary's input is folded in whole, `continuing` marking the summaries after its
+        first, so no remainder waits for a batch.
         """
         row = await get_conversation(self._pool, conversation_id)
         if row is None:
@@ -248,7 +251,7 @@ class MemoryWorker:
             return None
         end = newest - memory.max_messages
         # The first summary takes whatever left the window; later ones wait for a batch.
-        minimum = self._settings.memory_summary_batch if done else 1
+        minimum = self._settings.memory_summary_batch if done and not continuing else 1
         if end - done < minimum:
             return None
         messages = await messages_in_range(
@@ -330,8 +333,7 @@ class MemoryWorker:
         self, conversation_id: uuid.UUID, summary: Summary, messages: list[ContextMessage]
     ) -> None:
         if any(message.role == "user" for message in messages):
-            known = await list_key_facts(self._pool, conversation_id)
-            answer = await self._generate(facts_request(messages, known), max_tokens=160)
+            answer = await self._generate(facts_request(messages), max_tokens=160)
             facts = parse_facts(answer)
             if facts:
                 stored = await upsert_key_facts(self._pool, conversation_id, facts)
