@@ -109,7 +109,16 @@ class ReplyPipeline:
     async def run(self) -> None:
         """Generate and speak the reply to the newest messages of the conversation, from
         the context its memory strategy assembles."""
-        context = await self._services.memory.context_for(self._conversation)
+        try:
+            context = await self._services.memory.context_for(self._conversation)
+        except Exception as exc:
+            logger.exception(
+                "conversation %s: assembling the context failed", self._conversation_id
+            )
+            await self._services.bus.publish_error(
+                self._conversation_id, "internal", f"the reply's context could not be built: {exc}"
+            )
+            return
         self._context = context
         # Sent beside the generation, so its database write never delays the first token.
         announce = asyncio.create_task(
@@ -380,15 +389,7 @@ class ReplyPipeline:
         """What the reply was generated from, with the prompt tokens the backend reported
         beside the server's own count (they differ where the count is an estimate)."""
         reported = self._usage.prompt_tokens
-        if reported is not None and reported > context.token_count:
-            logger.warning(
-                "conversation %s: %s reported %d prompt tokens, %d counted by %s",
-                self._conversation_id,
-                self._model_name,
-                reported,
-                context.token_count,
-                self._services.memory.counts.counter.name,
-            )
+        self._services.memory.observe_prompt(context.token_count, reported)
         return {**context.event_data(), "reportedPromptTokens": reported}
 
     def _chunk_json(self, state: ChunkState) -> dict[str, Any]:

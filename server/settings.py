@@ -75,6 +75,9 @@ class Settings:
     memory_summary_words: int = 120
     # Wait before retrying a summary or fact extraction that failed.
     memory_retry_s: float = 30.0
+    # A summary, fact extraction or embedding batch running longer than this is stopped and
+    # retried later, so one stalled request cannot hold every conversation's memory work.
+    memory_step_timeout_s: float = 300.0
 
     # Speech to text: a faster-whisper model name ("small", "base.en") or a model folder.
     stt_model: str = ""

@@ -355,12 +355,19 @@ async def load_embeddings(
     pool: asyncpg.Pool, conversation_id: uuid.UUID, model: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return (sequence numbers, matrix with one unit vector per row) of every stored
-    embedding of the conversation from `model`."""
+    embedding of the conversation from `model`. Should the model have returned vectors of
+    several sizes, only those of its most common size are returned."""
     rows = await pool.fetch(
         """
-        SELECT messages.sequence_number, embeddings.embedding
-        FROM message_embeddings embeddings JOIN messages ON messages.id = embeddings.message_id
-        WHERE embeddings.conversation_id = $1 AND embeddings.model = $2
+        WITH stored AS (
+            SELECT message_id, dimensions, embedding FROM message_embeddings
+            WHERE conversation_id = $1 AND model = $2
+        ),
+        usual AS (
+            SELECT dimensions FROM stored GROUP BY dimensions ORDER BY count(*) DESC LIMIT 1
+        )
+        SELECT messages.sequence_number, stored.embedding
+        FROM stored JOIN usual USING (dimensions) JOIN messages ON messages.id = stored.message_id
         ORDER BY messages.sequence_number
         """,
         conversation_id,

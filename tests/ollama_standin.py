@@ -52,6 +52,9 @@ class OllamaStandIn:
     embed_requests: list[dict[str, Any]] = field(default_factory=list)
     # Picks the reply to a request; None falls back to the queue and the default reply.
     answer: Callable[[dict[str, Any]], ScriptedReply | None] | None = None
+    # Size of the embeddings it returns, and an event embed requests wait for when set.
+    embed_dimensions: int = EMBED_DIMENSIONS
+    embed_wait: asyncio.Event | None = None
     url: str = ""
     _runner: web.AppRunner | None = None
 
@@ -126,16 +129,18 @@ class OllamaStandIn:
             return web.json_response(
                 {"error": f"model '{body.get('model')}' not found"}, status=404
             )
+        if self.embed_wait is not None:
+            await self.embed_wait.wait()
         texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
-        vectors = [bag_of_words(text).tolist() for text in texts]
+        vectors = [bag_of_words(text, self.embed_dimensions).tolist() for text in texts]
         return web.json_response({"model": EMBED_MODEL, "embeddings": vectors})
 
 
-def bag_of_words(text: str) -> np.ndarray:
+def bag_of_words(text: str, dimensions: int = EMBED_DIMENSIONS) -> np.ndarray:
     """A unit vector counting the text's lowercase words in hashed buckets."""
-    vector = np.zeros(EMBED_DIMENSIONS, dtype=np.float32)
+    vector = np.zeros(dimensions, dtype=np.float32)
     for word in re.findall(r"[a-z]+", text.lower()):
-        vector[zlib.crc32(word.encode()) % EMBED_DIMENSIONS] += 1.0
+        vector[zlib.crc32(word.encode()) % dimensions] += 1.0
     norm = float(np.linalg.norm(vector))
     return vector / norm if norm else vector
 

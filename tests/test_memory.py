@@ -7,17 +7,20 @@ from __future__ import annotations
 import asyncio
 import csv
 import itertools
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from server.event_bus import EventBus
 from server.llm.llama_chat import LlamaChatModel, default_model_path
 from server.llm.ollama_chat import OllamaChatModel
-from server.memory.context import FACTS_HEADER, STRATEGIES, SUMMARY_HEADER
-from server.memory.embeddings import Embedder, EmbeddingIndex
+from server.memory.context import FACTS_HEADER, STRATEGIES, SUMMARY_HEADER, MemorySettings
+from server.memory.embeddings import Embedder, EmbeddingError, EmbeddingIndex, OllamaEmbedder
 from server.memory.manager import MemoryManager
 from server.memory.prompts import clean_summary, parse_facts
 from server.memory.setup import open_local_embedder
@@ -29,6 +32,7 @@ from storage.database import Database, open_database
 from storage.memory import (
     list_key_facts,
     list_summaries,
+    load_embeddings,
     messages_in_range,
     newest_messages,
     store_embeddings,
@@ -42,7 +46,7 @@ from tests.memory_fixtures import (
     seed_conversation,
     summary_new_messages,
 )
-from tests.ollama_standin import MODEL, OllamaStandIn, ScriptedReply
+from tests.ollama_standin import EMBED_MODEL, MODEL, OllamaStandIn, ScriptedReply
 
 WINDOW_TOKENS = 2048
 REPLY_TOKENS = 120
@@ -386,3 +390,181 @@ def test_summary_loses_cut_sentence() -> None:
     cut = "[happy] The learner is *Ana*. She studies for the IELTS exam. The next message is about"
     assert clean_summary(cut) == "The learner is Ana. She studies for the IELTS exam."
     assert clean_summary("One sentence without an end") == "One sentence without an end"
+
+
+async def test_embeddings_of_another_size_rejected(
+    database: Database, model_standin: OllamaStandIn
+) -> None:
+    """An embedding model that changes its vector size fails that call; the vectors already
+    stored keep working, and stored vectors of another size are left out of searches."""
+    embedder = OllamaEmbedder(model_standin.url, EMBED_MODEL, timeout_s=10)
+    try:
+        first = await embedder.embed(["hello there"])
+        assert first.shape == (1, 256)
+        model_standin.embed_dimensions = 128
+        with pytest.raises(EmbeddingError, match="128-dimensional"):
+            await embedder.embed(["hello again"])
+    finally:
+        model_standin.embed_dimensions = 256
+        await embedder.close()
+
+    pool = database.pool
+    _, conversation_id = await seed_conversation(pool, 6)
+    rows = await messages_in_range(pool, conversation_id, 1, 6, 6)
+    await store_embeddings(
+        pool, conversation_id, "mixed", [m.id for m in rows[:4]], np.ones((4, 8), np.float32)
+    )
+    await store_embeddings(
+        pool, conversation_id, "mixed", [m.id for m in rows[4:]], np.ones((2, 4), np.float32)
+    )
+    sequences, matrix = await load_embeddings(pool, conversation_id, "mixed")
+    assert sequences.tolist() == [1, 2, 3, 4]
+    assert matrix.shape == (4, 8)
+
+
+async def test_stalled_embedding_skips_retrieval(
+    database: Database, llama_counter: LlamaTokenCounter, model_standin: OllamaStandIn
+) -> None:
+    """A reply does not wait for an embed endpoint that stopped answering."""
+    embedder = OllamaEmbedder(model_standin.url, EMBED_MODEL, timeout_s=30)
+    llm = OllamaChatModel(model_standin.url, MODEL)
+    manager = MemoryManager(
+        pool=database.pool,
+        settings=Settings(memory_quiet_s=0.0),
+        llm=llm,
+        bus=EventBus(database.pool),
+        counter=llama_counter,
+        window_tokens=WINDOW_TOKENS,
+        embedder=embedder,
+    )
+    _, conversation_id = await seed_conversation(database.pool, 30, memory_strategy="semantic")
+    model_standin.embed_wait = asyncio.Event()
+    try:
+        started = time.monotonic()
+        row = await get_conversation(database.pool, conversation_id)
+        context = await manager.context_for(row)
+        waited_s = time.monotonic() - started
+    finally:
+        model_standin.embed_wait.set()
+        model_standin.embed_wait = None
+        await manager.close()
+        await llm.close()
+
+    assert waited_s < 10
+    assert context.retrieved_sequences == []
+    assert context.messages[-1].content == QUESTION
+
+
+async def test_stalled_summary_holds_no_other_conversation(
+    database: Database, llama_counter: LlamaTokenCounter, model_standin: OllamaStandIn
+) -> None:
+    """A summary request that never gets an answer times out, and the next conversation's
+    summary is written meanwhile."""
+    pool = database.pool
+    _, stuck_id = await seed_conversation(
+        pool, 30, memory_strategy="summarization", summarize_threshold=5
+    )
+    _, next_id = await seed_conversation(
+        pool, 30, memory_strategy="summarization", summarize_threshold=5
+    )
+    never = asyncio.Event()
+    llm = OllamaChatModel(model_standin.url, MODEL)
+    manager = MemoryManager(
+        pool=pool,
+        settings=Settings(memory_quiet_s=0.0, memory_step_timeout_s=1.0, memory_retry_s=60.0),
+        llm=llm,
+        bus=EventBus(pool),
+        counter=llama_counter,
+        window_tokens=WINDOW_TOKENS,
+        embedder=None,
+    )
+    stalled = ScriptedReply(["never sent"], wait_for=never)
+    model_standin.answer = lambda body: stalled if is_summary_request(body) else None
+    model_standin.requests.clear()
+    manager.start()
+    try:
+        manager.notify(stuck_id)
+        await wait_until(lambda: len(model_standin.requests) > 0)
+        model_standin.answer = memory_answer
+        manager.notify(next_id)
+        await wait_until_async(lambda: list_summaries(pool, next_id), timeout_s=10)
+        assert await list_summaries(pool, stuck_id) == []
+    finally:
+        never.set()
+        await manager.close()
+        await llm.close()
+
+
+async def test_long_message_summary_fits(
+    manager: MemoryManager,
+    database: Database,
+    llama_counter: LlamaTokenCounter,
+    model_standin: OllamaStandIn,
+) -> None:
+    """A message longer than one summary's input is cut to it, so the request fits."""
+    pool = database.pool
+    _, conversation_id = await seed_conversation(
+        pool, 8, memory_strategy="summarization", summarize_threshold=4, max_context_messages=2
+    )
+    await insert_message(pool, conversation_id, "user", "日本語のテキストです。" * 400)
+    for _ in range(6):
+        await insert_message(pool, conversation_id, "user", "And then?")
+    model_standin.requests.clear()
+    await manager.worker.catch_up(conversation_id)
+
+    summaries = await list_summaries(pool, conversation_id)
+    assert summaries[-1].end == 15 - 2
+    for body in model_standin.requests:
+        if is_summary_request(body):
+            transcript = summary_new_messages(body)
+            assert llama_counter.count(transcript) <= 1000 + 50
+
+
+async def test_model_text_stored_without_nul(
+    manager: MemoryManager, database: Database, model_standin: OllamaStandIn
+) -> None:
+    pool = database.pool
+    _, conversation_id = await seed_conversation(
+        pool, 30, memory_strategy="hierarchical", summarize_threshold=5
+    )
+
+    def answer(body: dict[str, Any]) -> ScriptedReply:
+        if is_summary_request(body):
+            return ScriptedReply(["Ana\x00 studies \ud800for the IELTS exam."])
+        return ScriptedReply(["weakness: articles\x00 before nouns"])
+
+    model_standin.answer = answer
+    await manager.worker.catch_up(conversation_id)
+
+    summaries = await list_summaries(pool, conversation_id)
+    assert summaries[0].text == "Ana studies ?for the IELTS exam."
+    facts = await list_key_facts(pool, conversation_id)
+    assert [(f.fact_type, f.text) for f in facts] == [("weakness", "articles before nouns")]
+    assert all(s.facts_extracted for s in summaries)
+
+
+async def test_query_vector_kept_when_index_loads(
+    manager: MemoryManager, database: Database
+) -> None:
+    """The newest message's vector joins the index even when the index was not loaded
+    yet, so a later search finds it without waiting for its background write."""
+    pool = database.pool
+    _, conversation_id = await seed_conversation(pool, 10, memory_strategy="semantic")
+    assert manager.index is not None
+
+    await manager.context_for(await get_conversation(pool, conversation_id))
+    assert manager.embedder is not None
+    query = (await manager.embedder.embed(["Anything at all?"]))[0]
+    hits = await manager.index.search(conversation_id, query, before=1000, top_k=100)
+
+    assert 10 in [sequence for sequence, _ in hits]
+
+
+def test_backend_reports_shrink_budget(manager: MemoryManager) -> None:
+    settings = MemorySettings("sliding", 20, 1000, False, 50)
+    assert manager.budget(settings) == 1000
+    manager.observe_prompt(counted=1000, reported=900)
+    assert manager.budget(settings) == 1000
+    manager.observe_prompt(counted=1000, reported=1250)
+    assert manager.budget(settings) == 800
+    assert manager.status()["undercount"] == 1.25

@@ -52,10 +52,12 @@ class LocalEmbedder:
 
 
 class OllamaEmbedder:
-    def __init__(self, host: str, model: str) -> None:
+    def __init__(self, host: str, model: str, timeout_s: float) -> None:
         self.host = host
         self.model = model
-        self._client = ollama.AsyncClient(host=host)
+        # Set by the first answer (the start-up probe); every later one must match it.
+        self.dimensions: int | None = None
+        self._client = ollama.AsyncClient(host=host, timeout=timeout_s)
 
     @property
     def name(self) -> str:
@@ -64,14 +66,27 @@ class OllamaEmbedder:
     async def embed(self, texts: list[str]) -> np.ndarray:
         try:
             response = await self._client.embed(model=self.model, input=texts)
-        except (ollama.ResponseError, httpx.HTTPError, ConnectionError) as exc:
+        except (ollama.ResponseError, httpx.HTTPError, ConnectionError, ValueError) as exc:
             raise EmbeddingError(
                 f"Ollama at {self.host} failed to embed with {self.model!r}: {exc}"
             ) from exc
-        vectors = np.asarray(response.embeddings, dtype=np.float32)
-        if vectors.ndim != 2 or len(vectors) != len(texts):
+        try:
+            vectors = np.asarray(response.embeddings, dtype=np.float32)
+        except ValueError as exc:
+            raise EmbeddingError(
+                f"Ollama at {self.host} returned embeddings of different sizes: {exc}"
+            ) from exc
+        if vectors.ndim != 2 or len(vectors) != len(texts) or vectors.shape[1] == 0:
             raise EmbeddingError(
                 f"Ollama at {self.host} returned {vectors.shape} embeddings for {len(texts)} texts"
+            )
+        # Vectors of another size cannot be compared with the stored ones.
+        if self.dimensions is None:
+            self.dimensions = vectors.shape[1]
+        elif vectors.shape[1] != self.dimensions:
+            raise EmbeddingError(
+                f"Ollama at {self.host} returned {vectors.shape[1]}-dimensional embeddings "
+                f"from {self.model!r}, expected {self.dimensions}"
             )
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.maximum(norms, 1e-12)
@@ -141,6 +156,10 @@ class EmbeddingIndex:
                     self._entries.popitem(last=False)
         self._loading.pop(conversation_id, None)
         return entry
+
+    async def load(self, conversation_id: uuid.UUID) -> None:
+        """Load the conversation's stored vectors, unless they are loaded already."""
+        await self._entry(conversation_id)
 
     def add(self, conversation_id: uuid.UUID, sequences: list[int], vectors: np.ndarray) -> None:
         """Append vectors this process stored, if the conversation is loaded."""

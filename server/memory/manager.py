@@ -35,6 +35,11 @@ logger = logging.getLogger(__name__)
 
 # Token counts kept for stored texts (about 100 bytes each).
 COUNT_CACHE_ENTRIES = 50_000
+# A reply waits this long at most for the embedding of its message, then goes without
+# retrieval: the packaged model takes about 10 ms, a stalled Ollama forever.
+QUERY_EMBED_TIMEOUT_S = 5.0
+# Budgets shrink at most by this factor, however far off a backend report was.
+MAX_UNDERCOUNT = 3.0
 # Retrieved messages less similar than this to the newest one are left out: with
 # all-MiniLM-L6-v2, unrelated sentences score about 0 to 0.2.
 MIN_SIMILARITY = 0.2
@@ -75,6 +80,9 @@ class MemoryManager:
             system_message=self._system_message,
         )
         self._tasks: set[asyncio.Task[Any]] = set()
+        # How much the token counter has undercounted at worst, from backend reports; 1.0
+        # until a report shows otherwise.
+        self.undercount = 1.0
 
     def start(self) -> None:
         self.worker.start()
@@ -105,16 +113,33 @@ class MemoryManager:
             self.index.drop(conversation_id)
 
     def budget(self, memory: MemorySettings) -> int:
-        """The conversation's token budget, within what the model's window leaves after
-        the reply's tokens."""
+        """Return the conversation's token budget, within what the model's window leaves
+        after the reply's tokens. Where counts are estimates that the backend has found
+        too low, the budget shrinks by the worst ratio seen."""
         room = self.window_tokens - self._settings.llm_max_reply_tokens
-        return max(1, min(memory.max_tokens, room))
+        budget = min(memory.max_tokens, room)
+        return max(1, int(budget / self.undercount))
+
+    def observe_prompt(self, counted: int, reported: int | None) -> None:
+        """Compare a prompt's counted tokens with the count the backend reported."""
+        if reported is None or counted <= 0 or reported <= counted * self.undercount:
+            return
+        self.undercount = min(reported / counted, MAX_UNDERCOUNT)
+        logger.warning(
+            "the backend counted %d prompt tokens where %s counted %d: budgets now shrink "
+            "by a factor of %.2f",
+            reported,
+            self.counts.counter.name,
+            counted,
+            self.undercount,
+        )
 
     def status(self) -> dict[str, Any]:
         return {
             "tokenCounter": self.counts.counter.name,
             "windowTokens": self.window_tokens,
             "embeddings": self.embedder.name if self.embedder is not None else None,
+            "undercount": round(self.undercount, 3),
             "backlog": self.worker.backlog,
         }
 
@@ -188,8 +213,11 @@ class MemoryManager:
         store its embedding in the background."""
         assert self.embedder is not None and self.index is not None
         try:
-            vectors = await self.embedder.embed([message.content])
-        except EmbeddingError as exc:
+            await self.index.load(conversation_id)
+            vectors = await asyncio.wait_for(
+                self.embedder.embed([message.content]), QUERY_EMBED_TIMEOUT_S
+            )
+        except (EmbeddingError, TimeoutError) as exc:
             logger.warning(
                 "conversation %s: no semantic retrieval for message %d: %s",
                 conversation_id,

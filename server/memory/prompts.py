@@ -109,18 +109,24 @@ def _facts_question(said: str) -> str:
 def clean_summary(text: str) -> str:
     """Strip the emotion tags and stress marks a tutor model may add out of habit, and a
     last sentence cut off by the token limit."""
-    text = " ".join(_TAG.sub("", text).split())
+    text = " ".join(_TAG.sub("", storable(text)).split())
     if not text or text.endswith((".", "!", "?")):
         return text
     last_end = max(text.rfind(". "), text.rfind("! "), text.rfind("? "))
     return text[: last_end + 1] if last_end > 0 else text
 
 
+def storable(text: str) -> str:
+    """Drop what PostgreSQL text cannot hold from model output: NUL characters and lone
+    surrogates (which a model's byte-level decoding can produce)."""
+    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+
+
 def parse_facts(text: str) -> list[tuple[str, str, float]]:
     """Read `type: fact` lines into (type, text, confidence); skip lines of other shapes."""
     facts: list[tuple[str, str, float]] = []
     seen: set[tuple[str, str]] = set()
-    for line in text.splitlines():
+    for line in storable(text).splitlines():
         match = _FACT_LINE.match(line)
         if match is None:
             continue

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 EMBED_PROBE_TIMEOUT_S = 10.0
+# One embed request at most, so a stalled Ollama cannot hold the memory worker.
+EMBED_TIMEOUT_S = 30.0
 
 
 async def open_memory(
@@ -60,7 +62,9 @@ async def open_embedder(settings: Settings, llm: ChatModel) -> Embedder | None:
     if choice == "off":
         return None
     if choice == "ollama" or (choice == "auto" and isinstance(llm, OllamaChatModel)):
-        ollama_embedder = OllamaEmbedder(settings.ollama_host, settings.ollama_embed_model)
+        ollama_embedder = OllamaEmbedder(
+            settings.ollama_host, settings.ollama_embed_model, timeout_s=EMBED_TIMEOUT_S
+        )
         try:
             await asyncio.wait_for(ollama_embedder.embed(["hello"]), EMBED_PROBE_TIMEOUT_S)
             return ollama_embedder

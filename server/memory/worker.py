@@ -12,17 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import asyncpg
 
 from server.json_views import key_fact_json, summary_json
 from server.llm.base import ChatMessage, ChatModel, GenerationOptions, LLMUnavailableError
-from server.memory.context import MemorySettings
+from server.memory.context import MemorySettings, truncate_tokens
 from server.memory.embeddings import Embedder, EmbeddingError, EmbeddingIndex
 from server.memory.gate import ForegroundGate, Preempted
 from server.memory.prompts import (
@@ -54,6 +55,8 @@ if TYPE_CHECKING:
     from server.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 EMBED_BATCH = 32
 MAX_RETRY_S = 3600.0
@@ -99,6 +102,8 @@ class MemoryWorker:
         self._retries: set[asyncio.TimerHandle] = set()
         # Failures in a row per conversation; each doubles the wait before the next retry.
         self._failures: dict[uuid.UUID, int] = {}
+        # When each failed conversation's retry is due, on the monotonic clock.
+        self._retry_at: dict[uuid.UUID, float] = {}
         # Returns the system message a reply in the conversation would get now.
         self._system_message = system_message
         self._used_model = False
@@ -114,13 +119,17 @@ class MemoryWorker:
             await asyncio.gather(self._task, return_exceptions=True)
 
     def notify(self, conversation_id: uuid.UUID) -> None:
-        """Ask for the conversation's memory to be brought up to date."""
+        """Ask for the conversation's memory to be brought up to date. A conversation
+        waiting to retry a failed step waits on; its retry timer notifies it."""
+        if conversation_id in self._retry_at and time.monotonic() < self._retry_at[conversation_id]:
+            return
         self._pending[conversation_id] = None
         self._wake.set()
 
     def forget(self, conversation_id: uuid.UUID) -> None:
         self._pending.pop(conversation_id, None)
         self._failures.pop(conversation_id, None)
+        self._retry_at.pop(conversation_id, None)
 
     @property
     def backlog(self) -> int:
@@ -178,8 +187,10 @@ class MemoryWorker:
 
         def retry() -> None:
             self._retries.discard(handle)
+            self._retry_at.pop(conversation_id, None)
             self.notify(conversation_id)
 
+        self._retry_at[conversation_id] = time.monotonic() + delay_s
         handle = loop.call_later(delay_s, retry)
         self._retries.add(handle)
         return delay_s
@@ -269,6 +280,14 @@ class MemoryWorker:
             cost = self._counts.count(message.id, message.content)
             if kept and tokens + cost > limit:
                 break
+            if cost > limit:
+                # A message longer than one summary's input alone is read up to the limit,
+                # so the request still fits the model's window.
+                content = truncate_tokens(
+                    message.content, limit, self._counts.counter.count, keep="start"
+                )
+                message = ContextMessage(message.id, message.role, content, message.sequence_number)
+                cost = limit
             kept.append(message)
             tokens += cost
         all_fit = len(kept) == len(messages) and len(messages) < SUMMARY_MAX_MESSAGES
@@ -325,7 +344,15 @@ class MemoryWorker:
                     pieces.append(piece)
             return "".join(pieces)
 
-        return await self._gate.run_unless_preempted(collect())
+        return await self._gate.run_unless_preempted(self._time_limited(collect()))
+
+    async def _time_limited(self, step: Awaitable[T]) -> T:
+        limit_s = self._settings.memory_step_timeout_s
+        try:
+            return await asyncio.wait_for(step, limit_s)
+        except TimeoutError:
+            message = f"a memory step did not finish within {limit_s:.0f} s"
+            raise LLMUnavailableError(message) from None
 
     # -- key facts
 
@@ -368,7 +395,7 @@ class MemoryWorker:
             if not batch:
                 return
             vectors = await self._gate.run_unless_preempted(
-                embedder.embed([message.content for message in batch])
+                self._time_limited(embedder.embed([message.content for message in batch]))
             )
             await store_embeddings(
                 self._pool, conversation_id, embedder.name, [m.id for m in batch], vectors
