@@ -94,8 +94,8 @@ class MemoryWorker:
         self._settings = settings
         self._embedder = embedder
         self._index = index
-        # Insertion-ordered set of conversations to check; bounded by the conversations
-        # that exist, since each appears once.
+        # Insertion-ordered set of conversations to check. Each appears once, so the
+        # conversations that exist bound it.
         self._pending: OrderedDict[uuid.UUID, None] = OrderedDict()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -247,7 +247,7 @@ class MemoryWorker:
     ) -> SummaryBlock | None:
         """Return the next messages to fold into the summary, or None if none are due.
 
-        Summaries start once the conversation holds more than summarize_threshold messages,
+        Summaries start once the conversation contains more than summarize_threshold messages,
         and cover the messages older than the recent window (max_context_messages) in
         batches of at least memory_summary_batch messages. A backlog longer than one
         summary's input is folded in whole, `continuing` marking the summaries after its
@@ -271,8 +271,8 @@ class MemoryWorker:
         return self._fit_block(done + 1, end, messages)
 
     def _fit_block(self, start: int, end: int, messages: list[ContextMessage]) -> SummaryBlock:
-        """Keep the messages that fit the summary's input budget; the block ends at the last
-        one kept, or at `end` when all fit (covering any empty messages between)."""
+        """Keep the messages that fit the summary's input budget. The block ends at the last
+        one kept, or at `end` when all fit, so it covers any empty messages between."""
         limit = self._settings.memory_summary_input_tokens
         kept: list[ContextMessage] = []
         tokens = 0
