@@ -142,6 +142,9 @@ class ConversationService:
             title=title or "New conversation",
             level=level or "A1",
             metadata=metadata,
+            settings={
+                SETTINGS_FIELDS[name]: value for name, value in request.memory_settings().items()
+            },
         )
         origin = subscribe(row["id"]) if subscribe is not None else None
         # conversation:created is the log's first event, so the conversation's lastSeq is 1.

@@ -66,12 +66,30 @@ def _check_storable(value: str | None) -> str | None:
 # -- data of each client event
 
 
-class CreateConversation(Model):
+class MemoryFields(Model):
+    """A conversation's memory settings; a field left out keeps its value or default."""
+
+    memoryStrategy: MemoryStrategy | None = None
+    maxContextMessages: int | None = Field(default=None, ge=1, le=1000)
+    maxContextTokens: int | None = Field(default=None, ge=256, le=1_000_000)
+    autoSummarize: bool | None = None
+    summarizeThreshold: int | None = Field(default=None, ge=2, le=10_000)
+
+
+class CreateConversation(MemoryFields):
     title: Title | None = None
     level: Level | None = None
     templateId: uuid.UUID | None = None
 
     _storable = field_validator("title")(_check_storable)
+
+    def memory_settings(self) -> dict[str, Any]:
+        """Return the memory settings given, by their field names."""
+        return {
+            name: getattr(self, name)
+            for name in MemoryFields.model_fields
+            if getattr(self, name) is not None
+        }
 
 
 class LoadConversation(Model):
@@ -123,17 +141,12 @@ class AiSettings(Model):
     model: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = None
 
 
-class SettingsChange(Model):
+class SettingsChange(MemoryFields):
     """Conversation settings to change; a field left out keeps its value."""
 
     title: Title | None = None
     level: Level | None = None
     aiSettings: AiSettings | None = None
-    memoryStrategy: MemoryStrategy | None = None
-    maxContextMessages: int | None = Field(default=None, ge=1, le=1000)
-    maxContextTokens: int | None = Field(default=None, ge=256, le=1_000_000)
-    autoSummarize: bool | None = None
-    summarizeThreshold: int | None = Field(default=None, ge=2, le=10_000)
 
     _storable = field_validator("title")(_check_storable)
 

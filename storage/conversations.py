@@ -48,16 +48,25 @@ async def create_conversation(
     title: str | None = None,
     level: str = "A1",
     metadata: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> asyncpg.Record:
+    """Insert a conversation; `settings` sets SETTINGS_COLUMNS other than their defaults."""
+    settings = settings or {}
+    unknown = set(settings) - set(SETTINGS_COLUMNS)
+    if unknown:
+        raise ValueError(f"not a settings column: {sorted(unknown)}")
+    columns = ["user_id", "title", "level", "metadata", *settings]
+    placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
     row: asyncpg.Record = await pool.fetchrow(
         f"""
-        INSERT INTO conversations (user_id, title, level, metadata) VALUES ($1, $2, $3, $4)
+        INSERT INTO conversations ({", ".join(columns)}) VALUES ({placeholders})
         RETURNING {CONVERSATION_COLUMNS}
         """,
         user_id,
         title,
         level,
         metadata,
+        *settings.values(),
     )
     return row
 

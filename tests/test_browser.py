@@ -479,3 +479,34 @@ async def test_list_shows_lifecycle_states(driver: Playwright, chat_server: Runn
             meta = await item.locator(".meta").inner_text()
             assert f" · {expected_status[title]} · " in meta, f"{title} after reload: {meta}"
         assert page.page_errors == []
+
+
+async def test_memory_strategy_from_page(driver: Playwright, chat_server: RunningServer) -> None:
+    """The page changes a conversation's memory strategy and shows the next reply's context."""
+    async with open_parley_page(driver, chat_server.url, speech_file(QUIET), "memory") as page:
+        await page.sign_in(chat_server.token)
+        conversation_id = await page.create_conversation("Memory choice")
+        assert await page.page.input_value("#memory-strategy") == "sliding"
+
+        await page.page.select_option("#memory-strategy", "summarization")
+        await page.wait_for(
+            "window.parleyStore.state.current"
+            " && window.parleyStore.state.current.settings.memoryStrategy === 'summarization'",
+            15,
+        )
+        await page.send_message("I like to cook on Sundays.")
+        await page.wait_for_replies(1)
+        await page.wait_for(
+            "document.querySelector('#memory-state').textContent.includes('(summarization)')", 15
+        )
+        await page.screenshot("1-summarization")
+
+        memory_state = await page.page.inner_text("#memory-state")
+        # The prompt held the learner's one message, within the server's budget.
+        assert re.search(r"last prompt \d+/3976 tokens, 1 message ", memory_state), memory_state
+        pool = await chat_server.db()
+        stored = await pool.fetchval(
+            "SELECT memory_strategy FROM conversations WHERE id = $1", uuid.UUID(conversation_id)
+        )
+        assert stored == "summarization"
+        assert page.page_errors == []

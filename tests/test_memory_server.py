@@ -225,6 +225,31 @@ async def get_json(
         return body
 
 
+async def test_create_with_memory_settings(server: RunningServer, client: EventClient) -> None:
+    created = await client.request(
+        "conversation:create",
+        {"title": "Set up", "memoryStrategy": "semantic", "maxContextTokens": 900},
+    )
+    assert created["type"] == "conversation:created", created
+    settings = created["data"]["settings"]
+    assert settings["memoryStrategy"] == "semantic"
+    assert settings["maxContextTokens"] == 900
+    assert settings["maxContextMessages"] == 20
+
+    rejected = await client.request(
+        "conversation:create", {"title": "Bad", "memoryStrategy": "everything"}
+    )
+    assert rejected["type"] == "conversation:error"
+    assert rejected["data"]["code"] == "invalid_field"
+    listed = await client.request("conversation:list", {"limit": 100})
+    titles = [c["title"] for c in listed["data"]["conversations"]]
+    assert "Bad" not in titles
+
+    body = await post_json(server, "/api/conversations", {"summarizeThreshold": 8})
+    assert body["settings"]["summarizeThreshold"] == 8
+    assert body["settings"]["memoryStrategy"] == "sliding"
+
+
 async def test_memory_routes(server: RunningServer, client: EventClient) -> None:
     created = await client.request("conversation:create", {"title": "Routes", "level": "A2"})
     conversation_id = created["data"]["conversationId"]

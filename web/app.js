@@ -25,6 +25,7 @@ const actions = {
   createConversation,
   sendMessage,
   setStatus,
+  setMemoryStrategy,
   search,
   startCall,
   hangUp,
@@ -105,6 +106,7 @@ function registerHandlers(eventBus) {
 function registerConversationHandlers(eventBus) {
   eventBus.on('conversation:created', ({ data }) => store.upsertConversation(data));
   eventBus.on('conversation:updated', ({ data }) => store.upsertConversation(data));
+  eventBus.on('memory:context-updated', ({ data }) => store.applyMemoryContext(data));
   eventBus.on('conversation:loaded', ({ data }) => store.applyLoaded(data));
   eventBus.on('conversation:listed', ({ data }) => store.setConversations(data.conversations));
   eventBus.on('conversation:status-changed', ({ data }) => {
@@ -218,6 +220,17 @@ async function setStatus(status) {
     store.update({ error: '' });
   } catch (error) {
     store.setError(`changing the status to ${status} failed: ${error.message}`);
+  }
+}
+
+async function setMemoryStrategy(memoryStrategy) {
+  const conversationId = store.state.currentId;
+  if (!conversationId) return;
+  try {
+    await bus.request('conversation:update', { conversationId, memoryStrategy });
+    store.update({ error: '' });
+  } catch (error) {
+    store.setError(`changing the memory strategy failed: ${error.message}`);
   }
 }
 

@@ -15,6 +15,8 @@ export class ConversationStore {
       audio: { muted: false, paused: false, playingChunkId: null },
       call: { state: 'idle', conversationId: null, audioLevel: 0, bytesReceived: 0 },
       pendingReplies: 0,
+      // The data of the current conversation's latest memory:context-updated.
+      memoryContext: null,
       searchResults: null,
       loading: false,
       error: '',
@@ -115,12 +117,20 @@ export class ConversationStore {
       current: listed || null,
       messages: [],
       pendingReplies: 0,
+      memoryContext: null,
       loading: true,
     });
   }
 
   closeConversation() {
-    this.update({ currentId: null, current: null, messages: [], pendingReplies: 0 });
+    this.update({
+      currentId: null, current: null, messages: [], pendingReplies: 0, memoryContext: null,
+    });
+  }
+
+  applyMemoryContext(data) {
+    if (data.conversationId !== this.state.currentId) return;
+    this.update({ memoryContext: data });
   }
 
   applyLoaded({ conversation, messages, hasMoreMessages }) {

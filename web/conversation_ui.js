@@ -58,6 +58,9 @@ export class ConversationUI {
     for (const button of this.element('status-controls').querySelectorAll('button')) {
       button.addEventListener('click', () => actions.setStatus(button.dataset.status));
     }
+    this.element('memory-strategy').addEventListener('change', (event) => {
+      actions.setMemoryStrategy(event.target.value);
+    });
 
     this.element('mute').addEventListener('click', () => actions.toggleMute());
     this.element('pause-audio').addEventListener('click', () => actions.togglePauseAudio());
@@ -153,8 +156,23 @@ export class ConversationUI {
     this.element('call').hidden = inCall;
     this.element('hang-up').hidden = !inCall;
     this.element('call').disabled = Boolean(current) && !open;
+    this.renderMemory(state);
     this.element('call-state').textContent = inCall
       ? `call: ${state.call.state}, received ${state.call.bytesReceived} bytes of audio` : '';
+  }
+
+  renderMemory(state) {
+    const { current, memoryContext } = state;
+    this.element('memory-controls').hidden = !current;
+    const select = this.element('memory-strategy');
+    const strategy = current && current.settings ? current.settings.memoryStrategy : null;
+    if (strategy && select.value !== strategy) select.value = strategy;
+    // The tokens the last reply's prompt took, of its budget.
+    const count = memoryContext ? memoryContext.messageCount : 0;
+    this.element('memory-state').textContent = memoryContext
+      ? `last prompt ${memoryContext.tokenCount}/${memoryContext.tokenBudget} tokens, `
+        + `${count} ${count === 1 ? 'message' : 'messages'} (${memoryContext.strategy})`
+      : '';
   }
 
   renderMessages(state) {
