@@ -97,18 +97,28 @@ async def manager(
     model_standin.answer = memory_answer
     llm = OllamaChatModel(model_standin.url, MODEL)
     settings = Settings(memory_quiet_s=0.0, llm_max_reply_tokens=REPLY_TOKENS)
-    manager = MemoryManager(
+    manager = build_manager(database, llm, llama_counter, minilm, settings)
+    yield manager
+    await manager.close()
+    await llm.close()
+
+
+def build_manager(
+    database: Database,
+    llm: OllamaChatModel,
+    counter: LlamaTokenCounter,
+    embedder: Embedder | None,
+    settings: Settings,
+) -> MemoryManager:
+    return MemoryManager(
         pool=database.pool,
         settings=settings,
         llm=llm,
         bus=EventBus(database.pool),
-        counter=llama_counter,
+        counter=counter,
         window_tokens=WINDOW_TOKENS,
-        embedder=minilm,
+        embedder=embedder,
     )
-    yield manager
-    await manager.close()
-    await llm.close()
 
 
 async def memory_settings(
@@ -428,15 +438,7 @@ async def test_stalled_embedding_skips_retrieval(
     """A reply does not wait for an embed endpoint that stopped answering."""
     embedder = OllamaEmbedder(model_standin.url, EMBED_MODEL, timeout_s=30)
     llm = OllamaChatModel(model_standin.url, MODEL)
-    manager = MemoryManager(
-        pool=database.pool,
-        settings=Settings(memory_quiet_s=0.0),
-        llm=llm,
-        bus=EventBus(database.pool),
-        counter=llama_counter,
-        window_tokens=WINDOW_TOKENS,
-        embedder=embedder,
-    )
+    manager = build_manager(database, llm, llama_counter, embedder, Settings(memory_quiet_s=0.0))
     _, conversation_id = await seed_conversation(database.pool, 30, memory_strategy="semantic")
     model_standin.embed_wait = asyncio.Event()
     try:
@@ -469,15 +471,8 @@ async def test_stalled_summary_holds_no_other_conversation(
     )
     never = asyncio.Event()
     llm = OllamaChatModel(model_standin.url, MODEL)
-    manager = MemoryManager(
-        pool=pool,
-        settings=Settings(memory_quiet_s=0.0, memory_step_timeout_s=1.0, memory_retry_s=60.0),
-        llm=llm,
-        bus=EventBus(pool),
-        counter=llama_counter,
-        window_tokens=WINDOW_TOKENS,
-        embedder=None,
-    )
+    settings = Settings(memory_quiet_s=0.0, memory_step_timeout_s=1.0, memory_retry_s=60.0)
+    manager = build_manager(database, llm, llama_counter, None, settings)
     stalled = ScriptedReply(["never sent"], wait_for=never)
     model_standin.answer = lambda body: stalled if is_summary_request(body) else None
     model_standin.requests.clear()
