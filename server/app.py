@@ -10,6 +10,7 @@ from pathlib import Path
 
 from aiohttp import WSCloseCode, web
 
+from server import metrics
 from server.app_keys import SERVICES_KEY
 from server.auth import authenticate
 from server.errors import ClientError, NotFoundError, ParleyError
@@ -43,11 +44,13 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except ParleyError as exc:
+        metrics.count_error(exc.code)
         return web.json_response(exc.to_json(), status=exc.http_status)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = HTTP_ERROR_CODES.get(exc.status, "invalid_field")
+        metrics.count_error(code)
         # Keep headers such as Allow on a 405.
         headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
         return web.json_response(
@@ -55,6 +58,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         )
     except Exception:
         logger.exception("%s %s failed", request.method, request.path)
+        metrics.count_error("internal")
         return web.json_response(
             {"error": "internal server error; see the server log", "code": "internal"},
             status=500,
@@ -107,6 +111,7 @@ async def services_context(app: web.Application) -> AsyncIterator[None]:
     restrict_host_addresses(settings.effective_media_addresses)
     services = await open_services(settings)
     app[SERVICES_KEY] = services
+    metrics.track_active_calls(lambda: len(services.sessions))
     yield
     await services.close()
 
@@ -126,6 +131,7 @@ def build_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(services_context)
     app.on_shutdown.append(close_websockets)
     app.router.add_get("/healthz", handle_health)
+    app.router.add_get("/metrics", metrics.handle_metrics)
     app.router.add_post("/api/rtc/offer", handle_offer)
     app.router.add_get("/ws", handle_websocket)
     add_routes(app)

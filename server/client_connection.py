@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from server import metrics
 from server.errors import ClientError, NotFoundError, ParleyError
 from server.event_bus import event_json
 from server.protocol import (
@@ -136,6 +137,7 @@ class ClientConnection:
         request_id: str | None = None,
         conversation_id: uuid.UUID | None = None,
     ) -> None:
+        metrics.count_error(code)
         data: dict[str, Any] = {"code": code, "error": message}
         if conversation_id is not None:
             data["conversationId"] = str(conversation_id)

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
+from server import metrics
 from storage.events import append_event
 
 logger = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ class EventBus:
         self, conversation_id: uuid.UUID, code: str, message: str, **extra: Any
     ) -> int:
         logger.warning("conversation %s: %s: %s", conversation_id, code, message)
+        metrics.count_error(code)
         return await self.publish(
             conversation_id, "conversation:error", {"code": code, "error": message, **extra}
         )

@@ -116,7 +116,7 @@ class MessageService:
         await services.conversations.open_for_messages(user_id, conversation_id)
         self._reserve_reply(conversation_id)
         try:
-            clock = TurnClock()
+            clock = TurnClock(source="voice" if request.inputMethod == "voice" else "text")
             clock.mark("speech_end")
             clock.mark("turn_detected")
             if request.inputMethod == "voice":

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from media.frames import WEBRTC_RATE_HZ, resample_samples
 from media.tracks import QueuedSpeech, ReplyAudioTrack
 from media.tts import Speech, SynthesisError
+from server import metrics
 from server.chunking import ReplyChunk, ReplyChunker
 from server.json_views import chunk_audio_json, chunk_json
 from server.llm.base import ChatMessage, GenerationOptions, LLMUnavailableError, PromptUsage
@@ -35,6 +36,9 @@ class TurnClock:
     """Monotonic timestamps of one turn's stages, reported in milliseconds."""
 
     marks: dict[str, float] = field(default_factory=dict)
+    # Where the turn came from: "call" (speech in a call), "voice" (a voice message) or
+    # "text". Text turns have no speech, so their end-of-turn and STT stages are near 0.
+    source: str = "call"
 
     def mark(self, name: str, at: float | None = None) -> None:
         self.marks.setdefault(name, time.monotonic() if at is None else at)
@@ -352,6 +356,7 @@ class ReplyPipeline:
         }
         if self._context is not None:
             metadata["context"] = self._context_metadata(self._context)
+        metrics.observe_turn(status, self._clock.source, metadata["timingsMs"])
 
         async def store(data: dict[str, Any]) -> int:
             return await finish_message_with_event(

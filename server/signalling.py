@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 from aiortc import RTCSessionDescription
 
+from server import metrics
 from server.app_keys import SERVICES_KEY
 from server.auth import authenticate
 from server.call_session import CallSession
@@ -50,6 +51,7 @@ async def handle_offer(request: web.Request) -> web.Response:
         answer = await session.accept(
             RTCSessionDescription(sdp=sdp, type="offer"), after_seq=offer.after_seq
         )
+        metrics.CALLS.inc()
     except Exception as exc:
         # aiortc raises many kinds of errors (ValueError, KeyError, AssertionError, ...) on
         # SDP it cannot use. Each is the caller's bad offer, so each gets a 400.
