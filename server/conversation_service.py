@@ -384,7 +384,7 @@ class ConversationService:
         }
 
     async def context(self, user_id: uuid.UUID, conversation_id: uuid.UUID) -> dict[str, Any]:
-        """Return the context the next reply would be generated from, as it stands now."""
+        """Return the context the next reply would be generated from, as of now."""
         row = await self.owned(user_id, conversation_id)
         context = await self._services.memory.context_for(row)
         return {

@@ -391,8 +391,8 @@ class ReplyPipeline:
         )
 
     def _context_metadata(self, context: AssembledContext) -> dict[str, Any]:
-        """What the reply was generated from, with the prompt tokens the backend reported
-        beside the server's own count (they differ where the count is an estimate)."""
+        """Return what the reply was generated from, with the prompt tokens the backend
+        reported beside the server's own count. They differ where the count is an estimate."""
         reported = self._usage.prompt_tokens
         self._services.memory.observe_prompt(context.token_count, reported)
         return {**context.event_data(), "reportedPromptTokens": reported}

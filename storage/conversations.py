@@ -299,21 +299,3 @@ async def finish_message_with_event(
         content,
         metadata,
     )
-
-
-async def recent_messages(
-    pool: asyncpg.Pool, conversation_id: uuid.UUID, limit: int
-) -> list[asyncpg.Record]:
-    """Return the newest `limit` messages with content, oldest first."""
-    rows = await pool.fetch(
-        """
-        SELECT role, content, sequence_number FROM (
-            SELECT role, content, sequence_number FROM messages
-            WHERE conversation_id = $1 AND content <> ''
-            ORDER BY sequence_number DESC LIMIT $2
-        ) newest ORDER BY sequence_number
-        """,
-        conversation_id,
-        limit,
-    )
-    return list(rows)

@@ -1,5 +1,5 @@
-"""What conversation memory reads and writes: context windows, summaries, key facts and
-message embeddings."""
+"""Queries of conversation memory: context sources, summaries, key facts and message
+embeddings."""
 
 from __future__ import annotations
 
@@ -41,22 +41,6 @@ class KeyFact:
 
 def _context_message(row: asyncpg.Record) -> ContextMessage:
     return ContextMessage(row["id"], row["role"], row["content"], row["sequence_number"])
-
-
-async def newest_messages(
-    pool: asyncpg.Pool, conversation_id: uuid.UUID, limit: int
-) -> list[ContextMessage]:
-    """Return the newest `limit` messages with content, oldest first."""
-    rows = await pool.fetch(
-        """
-        SELECT id, role, content, sequence_number FROM messages
-        WHERE conversation_id = $1 AND content <> ''
-        ORDER BY sequence_number DESC LIMIT $2
-        """,
-        conversation_id,
-        limit,
-    )
-    return [_context_message(row) for row in reversed(rows)]
 
 
 async def messages_in_range(
@@ -315,7 +299,7 @@ async def messages_without_embedding(
     oldest first.
 
     NOTE: with stale table statistics PostgreSQL may plan the anti-join as a rescan of the
-    embeddings per message; a backlog of 5,000 messages then took 0.5-0.8 s per batch.
+    embeddings per message. A backlog of 5,000 messages then took 0.5-0.8 s per batch.
     """
     rows = await pool.fetch(
         """

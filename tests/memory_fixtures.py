@@ -62,8 +62,9 @@ def message_text(sequence: int, count: int) -> tuple[str, str]:
 async def seed_conversation(
     pool: asyncpg.Pool, count: int, **settings: Any
 ) -> tuple[uuid.UUID, uuid.UUID]:
-    """Create a user and a conversation of `count` messages whose third states the learner's
-    name and goal and whose last is a question about them; return (user id, conversation id)."""
+    """Create a user and a conversation of `count` messages, and return (user id,
+    conversation id). The third message states the learner's name and goal, and the last
+    asks about them."""
     user_id = await pool.fetchval(
         "INSERT INTO users (name) VALUES ($1) RETURNING id", f"learner-{uuid.uuid4()}"
     )
@@ -77,7 +78,7 @@ async def seed_conversation(
 
 
 def memory_answer(body: dict[str, Any]) -> ScriptedReply | None:
-    """Answer the memory worker's requests; None leaves other requests to the defaults."""
+    """Return the reply to a memory worker request, or None for other requests."""
     request = body["messages"][-1]["content"]
     if is_summary_request(body):
         return ScriptedReply([summarise(request)])

@@ -36,7 +36,7 @@ class ScriptedReply:
     delay_s: float = 0.01
     # Cut the connection after this many pieces instead of finishing.
     fail_after: int | None = None
-    # Hold the answer until this event is set.
+    # Hold the response until this event is set.
     wait_for: asyncio.Event | None = None
 
 

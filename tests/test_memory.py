@@ -34,7 +34,6 @@ from storage.memory import (
     list_summaries,
     load_embeddings,
     messages_in_range,
-    newest_messages,
     store_embeddings,
 )
 from tests.conftest import AUDIO_DIR, create_database
@@ -144,9 +143,9 @@ async def test_context_within_budget_500_messages(
         pool, 500, memory_strategy=strategy, summarize_threshold=50
     )
     await manager.worker.catch_up(conversation_id)
-    newest = (await newest_messages(pool, conversation_id, 1))[0]
     everything = await messages_in_range(pool, conversation_id, 1, 500, 500)
     stored = {message.sequence_number: message for message in everything}
+    newest = stored[500]
 
     for max_tokens, max_messages in BUDGETS:
         await memory_settings(
@@ -405,8 +404,8 @@ def test_summary_loses_cut_sentence() -> None:
 async def test_embeddings_of_another_size_rejected(
     database: Database, model_standin: OllamaStandIn
 ) -> None:
-    """An embedding model that changes its vector size fails that call; the vectors already
-    stored keep working, and stored vectors of another size are left out of searches."""
+    """An embedding model that changes its vector size fails that call. Stored vectors of
+    another size are left out of searches."""
     embedder = OllamaEmbedder(model_standin.url, EMBED_MODEL, timeout_s=10)
     try:
         first = await embedder.embed(["hello there"])
@@ -435,7 +434,7 @@ async def test_embeddings_of_another_size_rejected(
 async def test_stalled_embedding_skips_retrieval(
     database: Database, llama_counter: LlamaTokenCounter, model_standin: OllamaStandIn
 ) -> None:
-    """A reply does not wait for an embed endpoint that stopped answering."""
+    """A reply does not wait for an embed endpoint that stopped responding."""
     embedder = OllamaEmbedder(model_standin.url, EMBED_MODEL, timeout_s=30)
     llm = OllamaChatModel(model_standin.url, MODEL)
     manager = build_manager(database, llm, llama_counter, embedder, Settings(memory_quiet_s=0.0))
@@ -460,7 +459,7 @@ async def test_stalled_embedding_skips_retrieval(
 async def test_stalled_summary_holds_no_other_conversation(
     database: Database, llama_counter: LlamaTokenCounter, model_standin: OllamaStandIn
 ) -> None:
-    """A summary request that never gets an answer times out, and the next conversation's
+    """A summary request that never gets a response times out, and the next conversation's
     summary is written meanwhile."""
     pool = database.pool
     _, stuck_id = await seed_conversation(

@@ -77,7 +77,7 @@ class MemorySources:
     """The inputs the manager loaded for one context."""
 
     system_prompt: str
-    # The newest messages, oldest first; the last one is the message being answered.
+    # The newest messages, oldest first. The last one is the message the reply is for.
     recent: list[ContextMessage]
     summary: Summary | None = None
     facts: list[KeyFact] = field(default_factory=list)

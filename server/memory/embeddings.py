@@ -55,7 +55,7 @@ class OllamaEmbedder:
     def __init__(self, host: str, model: str, timeout_s: float) -> None:
         self.host = host
         self.model = model
-        # Set by the first answer (the start-up probe); every later one must match it.
+        # Set by the first response (the start-up probe). Every later one must match it.
         self.dimensions: int | None = None
         self._client = ollama.AsyncClient(host=host, timeout=timeout_s)
 

@@ -146,15 +146,38 @@ class MemoryManager:
     async def context_for(self, conversation: Any) -> AssembledContext:
         """Assemble the prompt for a reply to the conversation's newest message."""
         started = time.perf_counter()
-        conversation_id: uuid.UUID = conversation["id"]
         memory = MemorySettings.from_row(conversation)
-        scenario = (conversation["metadata"] or {}).get("scenario")
+        sources = await self._load_sources(conversation, memory)
+
+        budget = self.budget(memory)
+        uncounted = not all(self.counts.cached(message.id) for message in sources.recent)
+        if sources.retrieved or uncounted:
+            # Texts to tokenize: up to max_context_messages of them, in a worker thread.
+            context = await asyncio.to_thread(assemble, sources, memory, budget, self.counts)
+        else:
+            # Every count is known, so assembling is list work of well under a millisecond,
+            # cheaper than the thread hand-off.
+            context = assemble(sources, memory, budget, self.counts)
+
+        logger.debug(
+            "conversation %s: %s context of %d/%d tokens in %.1f ms",
+            conversation["id"],
+            memory.strategy,
+            context.token_count,
+            context.budget,
+            (time.perf_counter() - started) * 1000,
+        )
+        return context
+
+    async def _load_sources(self, conversation: Any, memory: MemorySettings) -> MemorySources:
+        conversation_id: uuid.UUID = conversation["id"]
         recent, summary, facts = await context_sources(
             self._pool,
             conversation_id,
             memory.max_messages,
             with_summary=memory.strategy in ("summarization", "hierarchical"),
         )
+        scenario = (conversation["metadata"] or {}).get("scenario")
         sources = MemorySources(
             system_prompt=tutor_system_prompt(conversation["level"], scenario),
             recent=recent,
@@ -163,23 +186,7 @@ class MemoryManager:
         )
         if memory.strategy == "semantic":
             sources.retrieved = await self._retrieve(conversation_id, recent)
-        budget = self.budget(memory)
-        if sources.retrieved or not all(self.counts.cached(m.id) for m in recent):
-            # Texts to tokenize: up to max_context_messages of them, in a worker thread.
-            context = await asyncio.to_thread(assemble, sources, memory, budget, self.counts)
-        else:
-            # Every count is known, so assembling is list work of well under a millisecond,
-            # cheaper than the thread hand-off.
-            context = assemble(sources, memory, budget, self.counts)
-        logger.debug(
-            "conversation %s: %s context of %d/%d tokens in %.1f ms",
-            conversation_id,
-            memory.strategy,
-            context.token_count,
-            context.budget,
-            (time.perf_counter() - started) * 1000,
-        )
-        return context
+        return sources
 
     async def _system_message(self, conversation: Any) -> ChatMessage:
         return (await self.context_for(conversation)).messages[0]

@@ -144,7 +144,7 @@ class MiniLMEmbedder:
         return embeddings
 
     def _token_counts(self, texts: list[str]) -> list[int]:
-        # The tokenizer pads, so the attention mask tells each text's real length.
+        # The tokenizer pads, so the attention mask gives each text's real length.
         assert self._tokenizer is not None
         encodings = self._tokenizer.encode_batch(texts)
         return [sum(encoding.attention_mask) for encoding in encodings]
@@ -293,7 +293,7 @@ def _collect_weights(tensors: dict[str, np.ndarray], config: dict[str, Any]) -> 
 def _batches(token_counts: list[int]) -> list[list[int]]:
     """Group text indices into batches of similar length: every text of a batch is padded
     to its longest, so one 256-token text among 31 short ones would cost as much as 32 long
-    ones. A batch holds at most BATCH_SIZE texts and BATCH_TOKENS tokens with padding."""
+    ones. A batch contains at most BATCH_SIZE texts and BATCH_TOKENS tokens with padding."""
     order = sorted(range(len(token_counts)), key=lambda index: token_counts[index])
     batches: list[list[int]] = []
     current: list[int] = []

@@ -1,5 +1,5 @@
-"""What the language model is asked when it writes summaries and extracts key facts, and
-how its answers are read."""
+"""Prompts for the summaries and key facts the language model writes, and parsing of its
+output."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ FACTS_INSTRUCTIONS = (
     "level, weakness, strength, user_preference, interest. "
     "Write `none` if there are no facts."
 )
-# One worked example before the real request: SmolLM2-135M ignored the line format when only
-# told it, and followed it when shown it. Facts copied from the example are dropped.
-FACTS_EXAMPLE_SAID = (
+# One worked example comes before the real request, because SmolLM2-135M ignored the line
+# format when only instructed and followed it when shown it. Facts copied from the example
+# are dropped.
+FACTS_EXAMPLE_MESSAGES = (
     "- Hi, I'm Tom and I work as a nurse.",
     "- I want to speak better English at work.",
     "- I always mix up since and for.",
@@ -96,7 +97,7 @@ def facts_request(messages: list[ContextMessage]) -> list[ChatMessage]:
     said = "\n".join(f"- {m.content}" for m in messages if m.role == "user")
     return [
         ChatMessage("system", FACTS_INSTRUCTIONS),
-        ChatMessage("user", _facts_question("\n".join(FACTS_EXAMPLE_SAID))),
+        ChatMessage("user", _facts_question("\n".join(FACTS_EXAMPLE_MESSAGES))),
         ChatMessage("assistant", "\n".join(FACTS_EXAMPLE_ANSWER)),
         ChatMessage("user", _facts_question(said)),
     ]

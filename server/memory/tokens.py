@@ -38,10 +38,10 @@ class TokenCounter(Protocol):
 class EstimatedTokenCounter:
     """An approximation for models whose tokenizer the server does not have (Ollama's).
 
-    An ASCII word costs one token per 4 letters, rounded up (per 2 letters when it has two
-    or more capitals); every digit and sign costs one, and so does a space before one
-    (tokenizers such as SmolLM2's and Llama 3's split numbers into digits); each
-    whitespace character after the first of a run costs one; any other character costs
+    An ASCII word costs one token per 4 letters, rounded up, or per 2 letters when it has
+    two or more capitals. Every digit and sign costs one, and so does a space before one,
+    because tokenizers such as SmolLM2's and Llama 3's split numbers into digits. Each
+    whitespace character after the first of a run costs one, and any other character costs
     one per UTF-8 byte. On ordinary English it counts about 1.4 times what SmolLM2's
     tokenizer does. It is an estimate: text full of misspelt or rare words can take more
     tokens than counted, so the manager compares it with the counts Ollama reports and
@@ -134,7 +134,7 @@ def _template_overheads(llama: Any, count: Callable[[str], int]) -> tuple[int, i
 
 class CachedCounts:
     """Token counts of stored texts by key (a message or summary id), kept for the texts
-    most recently used; stored texts do not change, so their counts never go stale.
+    most recently used. Stored texts do not change, so their counts never go stale.
     Contexts are assembled in worker threads, so the cache takes a lock."""
 
     def __init__(self, counter: TokenCounter, capacity: int) -> None:
