@@ -17,10 +17,12 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import av
+import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from media.frames import MonoResampler
+from media.silero import SileroModel
 from media.vad import VAD_RATE_HZ, SegmenterConfig, SegmenterEvent, UtteranceSegmenter
 
 logger = logging.getLogger(__name__)
@@ -36,10 +38,16 @@ class InboundEnded(Exception):
 
 
 class InboundAudio:
-    def __init__(self, name: str, config: SegmenterConfig, idle_timeout_s: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: SegmenterConfig,
+        idle_timeout_s: float,
+        speech_model: SileroModel | None = None,
+    ) -> None:
         self.name = name
         self._idle_timeout_s = idle_timeout_s
-        self._segmenter = UtteranceSegmenter(config)
+        self._segmenter = UtteranceSegmenter(config, speech_model)
         self._resampler = MonoResampler(VAD_RATE_HZ)
         # The segmenter keeps state between frames, so one thread runs it, in order.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
@@ -84,6 +92,15 @@ class InboundAudio:
             events = await loop.run_in_executor(self._executor, self._push, frame, arrived_at)
             for event in events:
                 await on_event(event)
+
+    async def snapshot(self) -> np.ndarray:
+        """Return the utterance in progress so far, taken between two frames."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._segmenter.current_samples)
+
+    def allow_quick_end(self, speech_end_s: float) -> None:
+        """Let the pause at speech_end_s end the utterance at the quick end silence."""
+        self._segmenter.allow_quick_end(speech_end_s)
 
     def arrival_time(self, stream_s: float) -> float:
         """Return the monotonic time at which stream position stream_s arrived."""

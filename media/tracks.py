@@ -22,17 +22,32 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class QueuedSpeech:
-    """One chunk's audio at 48 kHz, followed by its pause."""
+    """One chunk's audio at 48 kHz, followed by its pause, and how much of it was played."""
 
     samples: np.ndarray
     pause_after_s: float
     on_start: Callable[[float], None] | None = None
     on_end: Callable[[float], None] | None = None
+    # Speech samples handed to the connection so far.
+    played: int = 0
     _silence_left: int = field(default=-1, repr=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.played >= len(self.samples)
+
+    @property
+    def played_ms(self) -> int:
+        return self.played * 1000 // WEBRTC_RATE_HZ
 
 
 class ReplyAudioTrack(MediaStreamTrack):
-    """Plays queued speech in order, and silence while the queue is empty."""
+    """Plays queued speech in order, and silence while the queue is empty or paused.
+
+    A call pauses the track the moment the caller starts to speak, then either resumes it
+    (a cough, an "mm-hm") or interrupts it, which drops everything not yet played and
+    tells the listeners, so the reply that queued the audio stops too.
+    """
 
     kind = "audio"
 
@@ -43,12 +58,27 @@ class ReplyAudioTrack(MediaStreamTrack):
         self._space = asyncio.Event()
         self._space.set()
         self._current: QueuedSpeech | None = None
-        self._offset = 0
         self._clock = FrameClock()
+        self._paused = False
+        self._listeners: list[Callable[[str], None]] = []
+        # Speech samples played over the whole call, pauses not counted.
+        self.played_samples = 0
+        # Asked before speech starts on a silent track; returning False pauses the track
+        # instead (the caller is talking, so the reply must wait).
+        self.may_start: Callable[[], bool] | None = None
 
     @property
     def idle(self) -> bool:
         return self._current is None and not self._queue
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def active(self) -> bool:
+        """True while a reply is playing or being prepared for this track."""
+        return not self.idle or bool(self._listeners)
 
     async def enqueue(self, speech: QueuedSpeech) -> None:
         """Queue a chunk's audio, waiting while the queue is full."""
@@ -65,12 +95,41 @@ class ReplyAudioTrack(MediaStreamTrack):
         self._space.set()
         return dropped
 
+    def pause(self) -> None:
+        """Send silence from the next frame on, keeping the place in the speech."""
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+
+    def interrupt(self, reason: str) -> int:
+        """Drop everything not yet played, unpause, and tell each listener why; return how
+        many chunks were dropped."""
+        dropped = self.clear()
+        self._paused = False
+        for listener in list(self._listeners):
+            listener(reason)
+        return dropped
+
+    def watch_interrupts(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Call listener(reason) on interrupt; return the function that removes it."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
 
         index = await self._clock.next_frame()
+        if self._paused or not self._may_start():
+            return paced_frame(np.zeros(SAMPLES_PER_FRAME, dtype=np.int16), index)
         return paced_frame(self._next_samples(SAMPLES_PER_FRAME), index)
+
+    def _may_start(self) -> bool:
+        """Ask may_start before speech starts on a silent track; it may interrupt."""
+        if self._current is not None or not self._queue or self.may_start is None:
+            return True
+        return self.may_start()
 
     def _next_samples(self, count: int) -> np.ndarray:
         out = np.zeros(count, dtype=np.int16)
@@ -88,18 +147,18 @@ class ReplyAudioTrack(MediaStreamTrack):
         speech = self._queue.popleft()
         self._space.set()
         self._current = speech
-        self._offset = 0
         if speech.on_start is not None:
             speech.on_start(time.monotonic())
         return speech
 
     def _fill_from(self, speech: QueuedSpeech, out: np.ndarray) -> int:
         """Copy speech, then its pause as silence, into out; return samples written."""
-        remaining = len(speech.samples) - self._offset
+        remaining = len(speech.samples) - speech.played
         if remaining > 0:
             taken = min(remaining, len(out))
-            out[:taken] = speech.samples[self._offset : self._offset + taken]
-            self._offset += taken
+            out[:taken] = speech.samples[speech.played : speech.played + taken]
+            speech.played += taken
+            self.played_samples += taken
             return taken
 
         if speech._silence_left < 0:

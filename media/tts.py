@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from media.priority import lower_this_thread
+
 logger = logging.getLogger(__name__)
 
 # About -50 dBFS: below this, piper's output is silence.
@@ -45,7 +47,9 @@ class TextToSpeech:
         self._length_scale = length_scale
         self._voice: Any = None
         self._config: Any = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="tts", initializer=lower_this_thread
+        )
 
     @property
     def sample_rate_hz(self) -> int:
@@ -61,6 +65,11 @@ class TextToSpeech:
         self._config = SynthesisConfig(length_scale=self._length_scale)
         self._synthesize_blocking("Hello.")
         logger.info("loaded piper voice %s (%d Hz)", self.voice_path, self.sample_rate_hz)
+
+    async def open(self) -> None:
+        """Load the voice on the synthesis thread, whose priority its thread pool inherits."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self.load)
 
     async def synthesize(self, text: str) -> Speech:
         loop = asyncio.get_running_loop()

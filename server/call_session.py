@@ -23,11 +23,23 @@ from media.inbound import InboundAudio, InboundEnded
 from media.jitter import shorten_audio_jitter_buffers
 from media.stt import Transcript, TranscriptionError
 from media.tracks import ReplyAudioTrack
-from media.vad import SegmenterEvent, SpeechPaused, Utterance
+from media.vad import (
+    SegmenterEvent,
+    SpeechConfirmed,
+    SpeechFaded,
+    SpeechPaused,
+    SpeechStarted,
+    Utterance,
+    VoiceOnset,
+)
+from server import metrics
+from server.barge_in import BargeIn
 from server.client_connection import ClientConnection
 from server.data_channel import DataChannelTransport
+from server.interim import InterimTranscripts
 from server.reply_pipeline import TurnClock
 from server.services import Services
+from server.turn_end import looks_finished
 from server.user_turns import store_user_turn
 
 logger = logging.getLogger(__name__)
@@ -39,6 +51,10 @@ class QueuedTurn:
     clock: TurnClock
     # A transcription started when the speech paused, if the utterance ended right there.
     early_transcript: asyncio.Task[Transcript] | None = None
+    # Words the interim transcripts settled for the utterance's start.
+    prefix: str = ""
+    # The number interim transcripts gave the utterance.
+    utterance_id: int = 0
 
 
 @dataclass
@@ -68,12 +84,26 @@ class CallSession:
         )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._inbound = InboundAudio(
-            f"call-{self.id}", services.segmenter_config, settings.call_idle_timeout_s
+            f"call-{self.id}",
+            services.segmenter_config,
+            settings.call_idle_timeout_s,
+            services.speech_model,
         )
         self._inbound_track: MediaStreamTrack | None = None
         self._closed = asyncio.Event()
         self._closing = False
         self._early: EarlyTranscription | None = None
+        # A pause that came while an earlier one was still being transcribed.
+        self._next_pause: SpeechPaused | None = None
+        self._barge_in = BargeIn(f"call {self.id}", self.reply_track, settings)
+        self._interim = InterimTranscripts(
+            f"call-{self.id}",
+            services.stt,
+            self._inbound,
+            self._send_transcript,
+            settings.interim_transcript_s,
+            stt_busy=self._early_running,
+        )
 
     async def accept(
         self, offer: RTCSessionDescription, *, after_seq: int
@@ -112,6 +142,8 @@ class CallSession:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            self._interim.stop()
+            self._barge_in.close()
             await self._store_unanswered_speech()
         finally:
             await self._connection.close()
@@ -182,44 +214,84 @@ class CallSession:
             gate.touch()
         else:
             gate.touch(lasting_s=self._services.settings.vad_max_utterance_s)
-        if isinstance(event, SpeechPaused):
+
+        if isinstance(event, VoiceOnset):
+            self._barge_in.on_onset(self._inbound.arrival_time(event.start_s))
+        elif isinstance(event, SpeechConfirmed):
+            self._barge_in.on_confirmed()
+        elif isinstance(event, SpeechFaded):
+            self._barge_in.on_faded()
+        elif isinstance(event, SpeechStarted):
+            self._interim.start()
+        elif isinstance(event, SpeechPaused):
             self._transcribe_early(event)
         elif isinstance(event, Utterance):
-            await self._queue_turn(event)
+            self._interim.stop()
+            if self._barge_in.takes_turn(event):
+                await self._queue_turn(event)
+
+    def _early_running(self) -> bool:
+        return self._early is not None and not self._early.task.done()
 
     def _transcribe_early(self, pause: SpeechPaused) -> None:
-        """Start transcribing at a pause, so a turn that ends there finds its text ready.
+        """Start transcribing at a pause, so a turn that ends there finds its text ready,
+        and so a finished sentence can end the turn at the quick end silence.
 
         Only one early transcription runs at a time: Whisper has one worker, and a stale
-        one queued ahead would delay the transcription of the real end of turn.
+        one queued ahead would delay the transcription of the real end of turn. A pause
+        that comes meanwhile waits and starts when the running one ends.
         """
-        if self._early is not None and not self._early.task.done():
+        if self._early_running():
+            self._next_pause = pause
             return
-        task = asyncio.create_task(
-            self._services.stt.transcribe(pause.samples), name=f"call-{self.id}-early-stt"
-        )
+        self._next_pause = None
+        task = asyncio.create_task(self._transcribe_pause(pause), name=f"call-{self.id}-early-stt")
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._early_done)
         self._early = EarlyTranscription(pause.speech_end_s, task)
+
+    async def _transcribe_pause(self, pause: SpeechPaused) -> Transcript:
+        transcript = await self._services.stt.transcribe(pause.samples, prefix=self._interim.prefix)
+        if looks_finished(transcript.text):
+            # Ignored by the segmenter if the caller has spoken again since the pause.
+            self._inbound.allow_quick_end(pause.speech_end_s)
+        return transcript
+
+    def _early_done(self, task: asyncio.Task[Transcript]) -> None:
+        self._tasks.discard(task)
+        pending, self._next_pause = self._next_pause, None
+        if pending is not None and not self._closing:
+            self._transcribe_early(pending)
 
     async def _queue_turn(self, utterance: Utterance) -> None:
         clock = TurnClock()
         clock.mark("speech_end", self._inbound.arrival_time(utterance.speech_end_s))
         clock.mark("turn_detected")
+        mode = (
+            "max_length" if utterance.truncated else "quick" if utterance.quick_end else "silence"
+        )
+        clock.details["endOfTurn"] = mode
+        metrics.END_OF_TURN.labels(mode=mode).inc()
         logger.info(
-            "call %s: utterance %.2f-%.2f s%s",
+            "call %s: utterance %.2f-%.2f s, ended by %s",
             self.id,
             utterance.start_s,
             utterance.speech_end_s,
-            " (cut at the maximum length)" if utterance.truncated else "",
+            mode,
         )
         early = None
         if self._early is not None and self._early.speech_end_s == utterance.speech_end_s:
             early = self._early.task
         self._early = None
+        clock.details["earlyTranscript"] = early is not None
         # Waits when turns pile up faster than replies finish, and the inbound frames
         # queue meanwhile.
-        await self._turns.put(QueuedTurn(utterance, clock, early))
+        await self._turns.put(
+            QueuedTurn(utterance, clock, early, self._interim.prefix, self._interim.utterance_id)
+        )
+
+    def _send_transcript(self, data: dict[str, object]) -> None:
+        self._services.bus.broadcast(self.conversation_id, "transcript:interim", data)
 
     # -- turns
 
@@ -235,11 +307,14 @@ class CallSession:
             if turn.early_transcript is not None:
                 transcript = await turn.early_transcript
             else:
-                transcript = await services.stt.transcribe(turn.utterance.samples)
+                transcript = await services.stt.transcribe(
+                    turn.utterance.samples, prefix=turn.prefix
+                )
         except TranscriptionError as exc:
             await services.bus.publish_error(self.conversation_id, "stt_failed", str(exc))
             return
         turn.clock.mark("stt_done")
+        self._interim.send_final(turn.utterance_id, transcript.text, turn.utterance.duration_s)
         if not transcript.text:
             logger.info("call %s: utterance contained no words, so no turn", self.id)
             return

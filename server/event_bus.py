@@ -119,6 +119,18 @@ class EventBus:
             conversation_id, "conversation:error", {"code": code, "error": message, **extra}
         )
 
+    def broadcast(self, conversation_id: uuid.UUID, event_type: str, data: dict[str, Any]) -> None:
+        """Send an event that is not worth logging (an interim transcript) to the current
+        subscribers only; a client that reconnects later does not get it."""
+        message = event_json(event_type, {"conversationId": str(conversation_id), **data})
+        for subscriber in list(self._subscribers.get(conversation_id, [])):
+            try:
+                subscriber.deliver(None, message)
+            except Exception:
+                logger.exception(
+                    "sending %s to a subscriber of %s failed", event_type, conversation_id
+                )
+
     def notify(self, conversation_id: uuid.UUID, event_type: str, data: dict[str, Any]) -> None:
         """Send an event that cannot be logged, because its conversation is gone, then drop
         the conversation's subscribers: no event can follow it."""

@@ -30,6 +30,7 @@ from server.errors import (
 )
 from server.event_bus import Subscriber
 from server.json_views import chunk_audio_json, voice_message_json
+from server.prompt_cache import prime_next_turn
 from server.protocol import RequestAudio, SendMessage
 from server.reply_pipeline import ReplyPipeline, TurnClock
 from storage.chunks import set_tts_status
@@ -324,6 +325,8 @@ class MessageService:
                 task_name=task_name,
             )
             await pipeline.run()
+            # Inside the lock: a reply waiting for it would read the same prefix anyway.
+            await prime_next_turn(self._services, row)
             return row
 
     # -- chunk audio on request

@@ -47,6 +47,28 @@ ERRORS = Counter(
     registry=REGISTRY,
 )
 
+BARGE_INS = Counter(
+    "parley_barge_ins_total", "Replies cut because the caller spoke over them", registry=REGISTRY
+)
+BARGE_IN_PAUSE = Histogram(
+    "parley_barge_in_pause_seconds",
+    "From the arrival of the caller's speech over a reply to the reply's audio pausing",
+    buckets=(0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5),
+    registry=REGISTRY,
+)
+BACKCHANNELS = Counter(
+    "parley_backchannels_total",
+    "Short speech over a reply (a cough, an mm-hm) that paused it but did not cut it",
+    registry=REGISTRY,
+)
+END_OF_TURN = Counter(
+    "parley_end_of_turn_total",
+    "Caller turns by how their end was found: quick (the words read as finished), "
+    "silence (the longest pause passed) or max_length",
+    ["mode"],
+    registry=REGISTRY,
+)
+
 
 def observe_turn(outcome: str, source: str, timings_ms: Mapping[str, float | None]) -> None:
     """Count a reply and record the stages it reached."""

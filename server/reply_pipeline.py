@@ -18,7 +18,13 @@ from server.chunking import ReplyChunk, ReplyChunker
 from server.json_views import chunk_audio_json, chunk_json
 from server.llm.base import ChatMessage, GenerationOptions, LLMUnavailableError, PromptUsage
 from server.memory.context import AssembledContext
-from storage.chunks import insert_chunk_with_event, reset_unfinished_chunks, set_tts_status
+from server.playout import ChunkPlayout, heard_content, playout_of
+from storage.chunks import (
+    insert_chunk_with_event,
+    reset_unfinished_chunks,
+    set_playout,
+    set_tts_status,
+)
 from storage.conversations import StoredMessage, finish_message_with_event, insert_message
 
 if TYPE_CHECKING:
@@ -39,6 +45,8 @@ class TurnClock:
     # Where the turn came from: "call" (speech in a call), "voice" (a voice message) or
     # "text". Text turns have no speech, so their end-of-turn and STT stages are near 0.
     source: str = "call"
+    # Facts about the turn sent with its turn:metrics event, such as how its end was found.
+    details: dict[str, Any] = field(default_factory=dict)
 
     def mark(self, name: str, at: float | None = None) -> None:
         self.marks.setdefault(name, time.monotonic() if at is None else at)
@@ -68,6 +76,8 @@ class ChunkState:
     audio_duration_s: float | None = None
     # Set once the chunk's row exists and chunk:generated is sent. Synthesis starts earlier.
     stored: asyncio.Event = field(default_factory=asyncio.Event)
+    # The audio queued on a call's track, which counts what of it was played.
+    speech: QueuedSpeech | None = None
 
 
 class ReplyPipeline:
@@ -109,6 +119,11 @@ class ReplyPipeline:
         self._first_synthesised = asyncio.Event()
         if not self._with_audio:
             self._first_synthesised.set()
+        # Set when the track is interrupted (the caller spoke over the reply), with why.
+        self._interrupted = asyncio.Event()
+        self._interrupt_reason = ""
+        # Set whenever a chunk's speech finishes playing.
+        self._playout_progress = asyncio.Event()
 
     async def run(self) -> None:
         """Generate and speak the reply to the newest messages of the conversation, from
@@ -137,6 +152,33 @@ class ReplyPipeline:
             await asyncio.gather(announce, return_exceptions=True)
 
     async def _run(self, messages: list[ChatMessage]) -> None:
+        remove_listener = (
+            self._track.watch_interrupts(self._on_interrupt) if self._track is not None else None
+        )
+        work = asyncio.create_task(
+            self._generate_and_speak(messages), name=f"{self._task_name}-work"
+        )
+        try:
+            status = await self._unless_interrupted(work)
+            if status == "completed" and self._track is not None:
+                await self._wait_for_playout()
+            if self._interrupted.is_set():
+                status = "interrupted"
+        except BaseException as exc:
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            if cancelled:
+                self._interrupt_reason = self._interrupt_reason or self._cancel_reason()
+            await self._store_outcome("interrupted" if cancelled else "failed")
+            raise
+        finally:
+            if remove_listener is not None:
+                remove_listener()
+        await self._store_outcome(status)
+
+    async def _generate_and_speak(self, messages: list[ChatMessage]) -> str:
+        """Stream the model into chunks and synthesise them; return the reply's status."""
         # A reply without audio needs no speaker task: its chunks are never queued.
         speaker = (
             asyncio.create_task(self._speak_chunks(), name=f"{self._task_name}-tts")
@@ -148,14 +190,49 @@ class ReplyPipeline:
             if speaker is not None:
                 await self._tts_queue.put(None)
                 await speaker
-        except BaseException as exc:
-            if speaker is not None:
+        finally:
+            if speaker is not None and not speaker.done():
                 speaker.cancel()
                 await asyncio.gather(speaker, return_exceptions=True)
-            cancelled = isinstance(exc, asyncio.CancelledError)
-            await self._store_outcome("interrupted" if cancelled else "failed")
-            raise
-        await self._store_outcome(status)
+        return status
+
+    async def _unless_interrupted(self, work: asyncio.Task[str]) -> str:
+        """Wait for work; if the track is interrupted first, stop it and say so."""
+        interrupted = asyncio.ensure_future(self._interrupted.wait())
+        try:
+            await asyncio.wait({work, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            interrupted.cancel()
+        if work.done():
+            return work.result()
+        work.cancel()
+        await asyncio.gather(work, return_exceptions=True)
+        return "interrupted"
+
+    async def _wait_for_playout(self) -> None:
+        """Wait until the caller has heard the last chunk, so the stored message says what
+        was heard. Returns early on an interrupt or when the call's track ends."""
+        queued = [state.speech for state in self._chunks if state.speech is not None]
+        if not queued or self._track is None:
+            return
+        last = queued[-1]
+        while not last.finished and not self._interrupted.is_set():
+            if self._track.readyState != "live":
+                self._interrupt_reason = "call-ended"
+                self._interrupted.set()
+                return
+            self._playout_progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._playout_progress.wait(), 0.5)
+
+    def _on_interrupt(self, reason: str) -> None:
+        self._interrupt_reason = reason
+        self._interrupted.set()
+
+    def _cancel_reason(self) -> str:
+        if self._track is not None and self._track.readyState != "live":
+            return "call-ended"
+        return "cancelled"
 
     async def _generate(self, messages: list[ChatMessage]) -> str:
         """Stream the model into chunks and return the reply's status."""
@@ -262,16 +339,25 @@ class ReplyPipeline:
         await set_tts_status(self._services.pool, state.chunk_id, "processing")
         state.status = "processing"
 
-    async def _play(self, speech: Speech, pause_after_s: float) -> None:
+    async def _play(self, state: ChunkState, speech: Speech) -> None:
         self._clock.mark("tts_first_audio")
         if self._track is None:
             return
         samples = await asyncio.to_thread(
             resample_samples, speech.samples, speech.sample_rate_hz, WEBRTC_RATE_HZ
         )
-        await self._track.enqueue(
-            QueuedSpeech(samples, pause_after_s, on_start=self._on_audio_start)
+        pause_after_s = state.chunk.pause_after_s
+        if self._interrupted.is_set():
+            # Synthesis finished just after the interrupt: this audio must not play.
+            return
+        queued = QueuedSpeech(
+            samples,
+            pause_after_s,
+            on_start=self._on_audio_start,
+            on_end=lambda _at: self._playout_progress.set(),
         )
+        state.speech = queued
+        await self._track.enqueue(queued)
 
     async def _speak_chunks(self) -> None:
         try:
@@ -293,7 +379,7 @@ class ReplyPipeline:
                 speech = await synthesis
             finally:
                 self._first_synthesised.set()
-            await self._play(speech, state.chunk.pause_after_s)
+            await self._play(state, speech)
             await marking
         except SynthesisError as exc:
             await marking
@@ -332,7 +418,11 @@ class ReplyPipeline:
         self._first_audio_sent.set()
 
     async def _store_outcome(self, status: str) -> None:
-        """Store the reply's final content and status, then send it as message:received."""
+        """Store the reply's final content and status, then send it as message:received.
+
+        A reply played in a call is stored as the caller heard it: its content is the words
+        heard, and each chunk records whether it was spoken, cut or never spoken.
+        """
         message = self._message
         if message is None:
             return
@@ -345,17 +435,34 @@ class ReplyPipeline:
         if status == "interrupted":
             await reset_unfinished_chunks(pool, message.id)
 
-        # NOTE: an interrupted reply's content contains every generated chunk, spoken or not.
-        # Storing only what the caller heard needs the track's playout position per chunk.
-        content = " ".join(state.chunk.text for state in self._chunks)
+        generated = " ".join(state.chunk.text for state in self._chunks)
+        playouts = self._playouts()
+        content = heard_content(playouts) if playouts is not None else generated
         metadata: dict[str, Any] = {
             "status": status,
             "model": self._model_name,
             "level": self._level,
             "timingsMs": self._clock.report(),
         }
+        if content != generated:
+            metadata["generatedContent"] = generated
         if self._context is not None:
             metadata["context"] = self._context_metadata(self._context)
+        if playouts is not None:
+            await set_playout(
+                pool,
+                [
+                    (state.chunk_id, p.status, p.played_ms, p.heard_text)
+                    for state, p in zip(self._chunks, playouts, strict=True)
+                ],
+            )
+            if status == "interrupted":
+                metadata["interruption"] = self._interruption(playouts)
+                await self._services.bus.publish(
+                    self._conversation_id,
+                    "message:interrupted",
+                    {"messageId": str(message.id), "content": content, **metadata["interruption"]},
+                )
         metrics.observe_turn(status, self._clock.source, metadata["timingsMs"])
 
         async def store(data: dict[str, Any]) -> int:
@@ -369,6 +476,9 @@ class ReplyPipeline:
                 data=data,
             )
 
+        chunks = [self._chunk_json(state) for state in self._chunks]
+        for index, chunk in enumerate(chunks):
+            chunk["playout"] = playouts[index].json() if playouts is not None else None
         await self._services.bus.publish(
             self._conversation_id,
             "message:received",
@@ -377,10 +487,21 @@ class ReplyPipeline:
                 "role": "assistant",
                 "content": content,
                 "sequenceNumber": message.sequence_number,
-                "chunks": [self._chunk_json(state) for state in self._chunks],
+                "chunks": chunks,
                 "metadata": metadata,
             },
             store=store,
+        )
+        await self._services.bus.publish(
+            self._conversation_id,
+            "turn:metrics",
+            {
+                "messageId": str(message.id),
+                "source": self._clock.source,
+                "status": status,
+                "stagesMs": metadata["timingsMs"],
+                **self._clock.details,
+            },
         )
         logger.info(
             "conversation %s: reply %s %s with %d chunks",
@@ -389,6 +510,28 @@ class ReplyPipeline:
             status,
             len(self._chunks),
         )
+
+    def _playouts(self) -> list[ChunkPlayout] | None:
+        """Return how each chunk was heard, or None for a reply that no call played."""
+        if self._track is None:
+            return None
+        return [playout_of(state.chunk.text, state.speech) for state in self._chunks]
+
+    def _interruption(self, playouts: list[ChunkPlayout]) -> dict[str, Any]:
+        """Where the reply stopped: the chunk cut (or the first one never spoken) and the
+        offset into its audio."""
+        reason = self._interrupt_reason or "cancelled"
+        stop = next(
+            (i for i, p in enumerate(playouts) if p.status != "spoken"), len(playouts) - 1
+        )
+        heard_ms = sum(p.played_ms for p in playouts)
+        return {
+            "reason": reason,
+            "chunkId": str(self._chunks[stop].chunk_id),
+            "chunkIndex": stop,
+            "offsetMs": playouts[stop].played_ms,
+            "heardMs": heard_ms,
+        }
 
     def _context_metadata(self, context: AssembledContext) -> dict[str, Any]:
         """Return what the reply was generated from, with the prompt tokens the backend

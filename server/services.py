@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 from aiohttp import web
 
+from media.silero import SileroModel
 from media.stt import SpeechToText
 from media.stt import default_model_path as default_stt_model
 from media.tts import TextToSpeech, default_voice_path
@@ -42,6 +43,7 @@ class Services:
     llm: ChatModel
     bus: EventBus
     segmenter_config: SegmenterConfig
+    speech_model: SileroModel
     sessions: dict[str, CallSession] = field(default_factory=dict)
     websockets: set[web.WebSocketResponse] = field(default_factory=set)
     # Set by open_services right after construction, because both take the services.
@@ -100,8 +102,11 @@ async def open_services(settings: Settings) -> Services:
             logger.info(
                 "marked %d replies left generating by the last run as interrupted", recovered
             )
-        _, _, llm = await asyncio.gather(
-            asyncio.to_thread(stt.load), asyncio.to_thread(tts.load), open_chat_model(settings)
+        _, _, speech_model, llm = await asyncio.gather(
+            stt.open(),
+            tts.open(),
+            asyncio.to_thread(SileroModel.shared),
+            open_chat_model(settings),
         )
     except BaseException:
         stt.close()
@@ -117,6 +122,7 @@ async def open_services(settings: Settings) -> Services:
         llm=llm,
         bus=EventBus(database.pool),
         segmenter_config=segmenter_config,
+        speech_model=speech_model,
     )
     # Imported here: both modules import this one.
     from server.conversation_service import ConversationService
@@ -141,7 +147,9 @@ def segmenter_config_from(settings: Settings) -> SegmenterConfig:
     try:
         return _segmenter_config(settings)
     except ValueError as exc:
-        raise SettingsError(f"PARLEY_VAD_* settings are invalid: {exc}") from exc
+        raise SettingsError(
+            f"PARLEY_VAD_* or PARLEY_BARGE_IN_* settings are invalid: {exc}"
+        ) from exc
 
 
 def _segmenter_config(settings: Settings) -> SegmenterConfig:
@@ -151,7 +159,12 @@ def _segmenter_config(settings: Settings) -> SegmenterConfig:
         onset_ms=settings.vad_onset_ms,
         preroll_ms=settings.vad_preroll_ms,
         end_silence_ms=settings.vad_end_silence_ms,
+        quick_end_ms=settings.vad_quick_end_ms,
         pause_ms=settings.vad_pause_ms,
         min_utterance_ms=settings.vad_min_utterance_ms,
         max_utterance_s=settings.vad_max_utterance_s,
+        quick_onset_ms=settings.barge_in_onset_ms,
+        confirm_speech_ms=settings.barge_in_min_speech_ms,
+        silero_threshold=settings.vad_silero_threshold,
+        silero_noise_threshold=settings.vad_silero_noise_threshold,
     )

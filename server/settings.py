@@ -90,15 +90,34 @@ class Settings:
     tts_voice: str = ""
     tts_length_scale: float = 1.0
 
-    # Utterance segmentation with webrtcvad.
+    # Turn-taking: webrtcvad proposes speech and silence, Silero confirms (docs/turn-taking.md
+    # explains each value and how the defaults were measured).
     vad_aggressiveness: int = 2
-    vad_frame_ms: int = 30
-    vad_onset_ms: int = 150
-    vad_preroll_ms: int = 300
-    vad_end_silence_ms: int = 550
-    vad_pause_ms: int = 210
+    vad_frame_ms: int = 20
+    vad_onset_ms: int = 140
+    vad_preroll_ms: int = 500
+    # The longest pause inside a turn; a turn whose words read as a finished sentence ends
+    # after vad_quick_end_ms instead.
+    vad_end_silence_ms: int = 1000
+    vad_quick_end_ms: int = 300
+    vad_pause_ms: int = 160
     vad_min_utterance_ms: int = 300
     vad_max_utterance_s: float = 15.0
+    vad_silero_threshold: float = 0.5
+    vad_silero_noise_threshold: float = 0.35
+    # Interim transcripts of speech in progress, at most one per this many seconds.
+    interim_transcript_s: float = 1.0
+    # Barge-in: a reply pauses after this much of the caller's speech ...
+    barge_in_onset_ms: int = 40
+    # ... and is cut once the caller has spoken this long; shorter speech (a cough, an
+    # "mm-hm") lets it resume.
+    barge_in_min_speech_ms: int = 600
+    # The first audio of a call that no speech can interrupt, while the caller's echo
+    # canceller learns the echo of our voice.
+    barge_in_echo_grace_ms: int = 1000
+    # A paused reply resumes after this long if the caller's speech neither stops nor
+    # confirms.
+    barge_in_resume_ms: int = 1500
 
     # WebRTC: no ICE servers by default, so nothing leaves the machine unless configured.
     ice_servers: tuple[str, ...] = ()
@@ -149,6 +168,16 @@ class Settings:
         """Raise SettingsError for values that would only fail later, after start-up work."""
         if not 0 < self.port < 65536:
             raise SettingsError(f"PARLEY_PORT={self.port} is invalid: use 1-65535")
+        for variable, number in (
+            ("PARLEY_INTERIM_TRANSCRIPT_S", self.interim_transcript_s),
+            ("PARLEY_BARGE_IN_ECHO_GRACE_MS", self.barge_in_echo_grace_ms),
+        ):
+            if number < 0:
+                raise SettingsError(f"{variable}={number} is invalid: it cannot be negative")
+        if self.barge_in_resume_ms <= 0:
+            raise SettingsError(
+                f"PARLEY_BARGE_IN_RESUME_MS={self.barge_in_resume_ms} is invalid: use 1 or more"
+            )
         if not 1 <= self.jitter_prefetch_packets <= 8:
             raise SettingsError(
                 f"PARLEY_JITTER_PREFETCH_PACKETS={self.jitter_prefetch_packets} is invalid: use 1-8"

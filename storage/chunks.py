@@ -143,3 +143,18 @@ async def recover_interrupted_replies(pool: asyncpg.Pool) -> int:
             """
         )
     return int(result.split()[-1])
+
+
+async def set_playout(
+    pool: asyncpg.Pool, rows: list[tuple[uuid.UUID, str, int, str]]
+) -> None:
+    """Store how each chunk was heard: rows of (chunk id, playout status, played ms,
+    heard text)."""
+    await pool.executemany(
+        """
+        UPDATE message_chunks
+        SET playout_status = $2, played_ms = $3, heard_text = $4
+        WHERE id = $1
+        """,
+        rows,
+    )

@@ -18,7 +18,13 @@ _MESSAGE_SELECT = """
                    'pause', chunks.pause_after, 'emphasis', chunks.emphasis,
                    'audioFileId', chunks.audio_file_id,
                    'audioDuration', chunks.audio_duration,
-                   'ttsStatus', chunks.tts_status
+                   'ttsStatus', chunks.tts_status,
+                   'playout', CASE WHEN chunks.playout_status IS NULL THEN NULL
+                       ELSE jsonb_build_object(
+                           'status', chunks.playout_status,
+                           'playedMs', chunks.played_ms,
+                           'heardText', chunks.heard_text
+                       ) END
                ) ORDER BY chunks.chunk_index)
                FROM message_chunks chunks WHERE chunks.message_id = messages.id
            ), '[]'::jsonb) AS chunks

@@ -1,5 +1,7 @@
-"""The browser client in a real headless Chromium: a voice call with a fake microphone, text
-chat with chunk playback, a reload, a denied microphone and a dropped WebSocket.
+"""The browser client in a real headless Chromium. The tests cover a voice call with a fake
+microphone and its live transcript, text chat with chunk playback and latency lines, and a
+reply the caller cut off. They also cover a reload, a denied microphone and a dropped
+WebSocket.
 
 Screenshots of each step go to artifacts/browser/.
 """
@@ -7,6 +9,7 @@ Screenshots of each step go to artifacts/browser/.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 import uuid
@@ -15,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from storage.chunks import insert_chunk, set_playout
+from storage.conversations import insert_message
 from tests.browser import (
     CHROMIUM_PATH,
     ParleyPage,
@@ -152,6 +157,85 @@ async def test_call_transcribes_and_replies(
         assert page.dialogs == []
 
 
+# Test instrumentation for the live transcript: after each change to the message list,
+# record the user messages and the transcript lines the page shows. Identical views in a row
+# are recorded once.
+RECORD_VIEWS_SCRIPT = """
+window.parleyTestViews = [];
+document.addEventListener('DOMContentLoaded', () => {
+  const list = document.getElementById('messages');
+  let previous = '';
+  new MutationObserver(() => {
+    const view = {
+      users: [...list.querySelectorAll('li.user')].map((item) => item.lastChild.textContent),
+      lines: [...list.querySelectorAll('li.interim')].map((item) => ({
+        utteranceId: Number(item.dataset.utteranceId),
+        final: item.dataset.final === 'true',
+        text: item.lastChild.textContent,
+      })),
+    };
+    const key = JSON.stringify(view);
+    if (key === previous || window.parleyTestViews.length >= 5000) return;
+    previous = key;
+    window.parleyTestViews.push(view);
+  }).observe(list, { childList: true });
+});
+"""
+
+
+async def test_call_shows_transcript_and_latency(
+    driver: Playwright, embedded_server: RunningServer
+) -> None:
+    async with open_parley_page(driver, embedded_server.url, speech_file(JFK), "turns") as page:
+        await page.page.context.add_init_script(RECORD_VIEWS_SCRIPT)
+        await page.sign_in(embedded_server.token)
+        await page.create_conversation("Live transcript")
+        await page.page.check("#raw-audio")
+        await page.page.click("#call")
+        await page.wait_for("document.querySelector('#messages li.interim') !== null", 60)
+        await page.screenshot("1-hearing")
+        await page.wait_for("document.querySelector('#messages li.user') !== null", 90)
+        await page.screenshot("2-message")
+        views: list[dict[str, Any]] = await page.page.evaluate("window.parleyTestViews")
+        call_line = page.page.locator("#messages li.assistant .latency[data-source='call']")
+        await page.wait_for(
+            "document.querySelector(\"#messages li.assistant .latency[data-source='call']\")",
+            120,
+        )
+        await page.screenshot("3-latency")
+        call_latency = await call_line.first.inner_text()
+
+        await page.page.click("#hang-up")
+        await page.wait_for("window.parleyStore.state.call.state === 'idle'", 15)
+        lines_after_call = await page.page.locator("#messages li.interim").count()
+        assert page.page_errors == []
+
+    first_message = next(index for index, view in enumerate(views) if view["users"])
+    lines_before = [line for view in views[:first_message] for line in view["lines"]]
+    assert lines_before, "no transcript line appeared before the first user message"
+    partial = [line["text"] for line in lines_before if not line["final"]]
+    assert partial, f"only final transcript lines appeared: {lines_before}"
+    assert all(text.startswith("…") for text in partial), partial
+
+    # The final line showed the text that became the message, and the render that added the
+    # message removed that line.
+    message_text = views[first_message]["users"][0]
+    finals = [line for line in views[first_message - 1]["lines"] if line["final"]]
+    assert [line["text"] for line in finals] == [message_text]
+    heard_id = finals[0]["utteranceId"]
+    assert heard_id not in [line["utteranceId"] for line in views[first_message]["lines"]]
+    assert lines_after_call == 0
+
+    # A reply in a call leads with the time from the end of speech to its first audio, or
+    # with its first chunk when it was stored before that audio went out. It names how the
+    # end of the turn was found.
+    assert re.fullmatch(
+        r"(answered|first chunk) in \d+ ms · turn end \d+ \((quick|silence|max length)\)"
+        r" · STT \d+( \(early\))? · LLM \d+ · TTS \d+",
+        call_latency,
+    ), call_latency
+
+
 async def test_text_chat_plays_chunks_in_order(
     driver: Playwright, chat_server: RunningServer
 ) -> None:
@@ -283,6 +367,10 @@ async def test_dropped_socket_shows_chunks_once(
         texts = [c["text"] for c in page_chunks]
         assert texts == [f"Sentence {word} is here." for word in WORDS]
         assert await page.page.locator("#messages li.assistant").count() == 1
+        # The reply's turn:metrics comes live or in the replay after the reconnect.
+        await page.wait_for(
+            "document.querySelector(\"#messages li.assistant .latency[data-source='text']\")", 10
+        )
 
         await wait_for_playback(page, len(page_chunks))
         starts = [
@@ -510,3 +598,195 @@ async def test_memory_strategy_from_page(driver: Playwright, chat_server: Runnin
         )
         assert stored == "summarization"
         assert page.page_errors == []
+
+
+def rounded_ms(value: float) -> int:
+    # JavaScript's Math.round: halves round up, where Python's round() goes to even.
+    return math.floor(value + 0.5)
+
+
+async def test_text_reply_shows_latency(driver: Playwright, chat_server: RunningServer) -> None:
+    async with open_parley_page(driver, chat_server.url, speech_file(QUIET), "latency") as page:
+        await page.sign_in(chat_server.token)
+        conversation_id = await page.create_conversation("Latency line")
+        await page.send_message("How quick was that?")
+        await page.wait_for_replies(1)
+        # turn:metrics follows the reply's message:received and names the turn's source.
+        await page.wait_for(
+            "document.querySelector('#messages li.assistant .latency[data-source]') !== null", 15
+        )
+        await page.screenshot("1-live")
+        line = page.page.locator("#messages li.assistant .latency")
+        live_text = await line.inner_text()
+        assert await line.get_attribute("data-source") == "text"
+        assert await page.page.locator("#messages li.user .latency").count() == 0
+
+        await page.page.reload()
+        await page.wait_for(
+            "window.parleyStore.state.connection === 'open' && !window.parleyStore.state.loading"
+            " && document.querySelector('#messages li.assistant .latency') !== null",
+            15,
+        )
+        await page.screenshot("2-reloaded")
+        reloaded_text = await line.inner_text()
+        assert page.page_errors == []
+
+    pool = await chat_server.db()
+    timings = await pool.fetchval(
+        "SELECT metadata->'timingsMs' FROM messages WHERE conversation_id = $1"
+        " AND role = 'assistant'",
+        uuid.UUID(conversation_id),
+    )
+    # A text reply has no speech and no call: its line starts at the first chunk and leaves
+    # out the end-of-turn and STT stages.
+    expected = (
+        f"first chunk in {rounded_ms(timings['firstChunkReady'])} ms"
+        f" · LLM {rounded_ms(timings['llmFirstToken'])}"
+        f" · TTS {rounded_ms(timings['ttsFirstAudio'])}"
+    )
+    assert live_text == expected
+    assert reloaded_text == expected
+
+
+# A reply cut off in a call, stored as the server stores one: each chunk's playout, the heard
+# words as content and the written ones in generatedContent. Rows of (text, playout status,
+# played ms, heard text).
+CUT_REPLY = [
+    ("I spent a week in Lisbon in May.", "spoken", 2100, "I spent a week in Lisbon in May."),
+    ("The weather was warm and sunny every single day.", "cut", 900, "The weather was"),
+    ("Have you ever been to Portugal?", "unspoken", 0, ""),
+]
+CUT_REPLY_TIMINGS_MS = {
+    "endOfTurnWait": 300.2,
+    "stt": 120.4,
+    "llmFirstToken": 210.5,
+    "firstChunkReady": 380.0,
+    "ttsFirstAudio": 90.0,
+    "firstAudioSent": 640.3,
+}
+# A text reply stored without playout, shown whole.
+TEXT_REPLY = ["Lisbon is lovely.", "What did you see there?"]
+
+# The text of one reply in the page, split into what was heard and what was not. Chunks are
+# separate spans, spaced by CSS, so their texts are joined with spaces here.
+HEARD_AND_UNHEARD_JS = """(item) => {
+  const heard = [...item.querySelectorAll('.chunk')].map((chunk) => {
+    const copy = chunk.cloneNode(true);
+    for (const node of copy.querySelectorAll('.icon, .cut-mark, .unheard')) node.remove();
+    return copy.textContent.trim();
+  });
+  const unheard = [...item.querySelectorAll('.unheard')];
+  return {
+    heard: heard.filter(Boolean).join(' '),
+    unheard: unheard.map((node) => node.textContent.trim()),
+    struck: unheard.map((node) => getComputedStyle(node).textDecorationLine),
+  };
+}"""
+
+
+async def store_reply(
+    pool: Any,
+    conversation_id: uuid.UUID,
+    content: str,
+    metadata: dict[str, Any],
+    chunks: list[tuple[uuid.UUID, str]],
+) -> uuid.UUID:
+    """Store an assistant message with its chunks (id, text); return the message's id."""
+    message = await insert_message(pool, conversation_id, "assistant", content, metadata=metadata)
+    for index, (chunk_id, text) in enumerate(chunks):
+        await insert_chunk(
+            pool,
+            chunk_id,
+            message.id,
+            index,
+            text=text,
+            emotion="neutral",
+            icon="💬",
+            pause_after_s=0.0,
+            emphasis=False,
+        )
+    return message.id
+
+
+async def test_cut_reply_shows_unheard_part(driver: Playwright, chat_server: RunningServer) -> None:
+    async with open_parley_page(driver, chat_server.url, speech_file(QUIET), "cut") as page:
+        await page.sign_in(chat_server.token)
+        conversation_id = uuid.UUID(await page.create_conversation("Cut reply"))
+
+        pool = await chat_server.db()
+        await insert_message(
+            pool, conversation_id, "user", "Hello!", metadata={"inputMethod": "text"}
+        )
+        text_reply_id = await store_reply(
+            pool,
+            conversation_id,
+            " ".join(TEXT_REPLY),
+            {"status": "completed", "timingsMs": {"firstChunkReady": 150.0}},
+            [(uuid.uuid4(), text) for text in TEXT_REPLY],
+        )
+        await insert_message(
+            pool,
+            conversation_id,
+            "user",
+            "Where did you travel this year?",
+            metadata={"inputMethod": "voice"},
+        )
+        chunk_ids = [uuid.uuid4() for _ in CUT_REPLY]
+        heard_content = " ".join(heard_text for _, _, _, heard_text in CUT_REPLY if heard_text)
+        written = " ".join(text for text, _, _, _ in CUT_REPLY)
+        interruption = {
+            "reason": "barge-in",
+            "chunkId": str(chunk_ids[1]),
+            "chunkIndex": 1,
+            "offsetMs": 900,
+            "heardMs": 3000,
+        }
+        metadata = {
+            "status": "interrupted",
+            "generatedContent": written,
+            "timingsMs": CUT_REPLY_TIMINGS_MS,
+            "interruption": interruption,
+        }
+        chunks = [(chunk_id, row[0]) for chunk_id, row in zip(chunk_ids, CUT_REPLY, strict=True)]
+        cut_reply_id = await store_reply(pool, conversation_id, heard_content, metadata, chunks)
+        await set_playout(
+            pool,
+            [
+                (chunk_id, status, played_ms, heard_text)
+                for chunk_id, (_, status, played_ms, heard_text) in zip(
+                    chunk_ids, CUT_REPLY, strict=True
+                )
+            ],
+        )
+
+        # A reload loads the conversation again, with the stored messages.
+        await page.page.reload()
+        await page.wait_for(
+            "window.parleyStore.state.connection === 'open' && !window.parleyStore.state.loading"
+            " && window.parleyStore.state.messages.length === 4",
+            15,
+        )
+        await page.screenshot("1-loaded")
+        cut_item = page.page.locator(f"#messages li[data-message-id='{cut_reply_id}']")
+        text_item = page.page.locator(f"#messages li[data-message-id='{text_reply_id}']")
+        cut_parts = await cut_item.evaluate(HEARD_AND_UNHEARD_JS)
+        text_parts = await text_item.evaluate(HEARD_AND_UNHEARD_JS)
+        cut_role = await cut_item.locator(".role").inner_text()
+        cut_latency = await cut_item.locator(".latency").inner_text()
+        cut_marks = await cut_item.locator(".cut-mark").count()
+        all_marks = await page.page.locator("#messages .cut-mark").count()
+        assert page.page_errors == []
+
+    assert cut_parts["heard"] == heard_content
+    assert cut_parts["unheard"] == [
+        "warm and sunny every single day.",
+        "Have you ever been to Portugal?",
+    ]
+    assert cut_parts["struck"] == ["line-through", "line-through"]
+    assert cut_marks == 1
+    assert all_marks == 1
+    assert cut_role == "assistant · interrupted: you cut in after 3.0 s of it"
+    assert cut_latency == "answered in 640 ms · turn end 300 · STT 120 · LLM 211 · TTS 90"
+
+    assert text_parts["heard"] == " ".join(TEXT_REPLY)
+    assert text_parts["unheard"] == []

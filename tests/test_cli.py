@@ -118,7 +118,9 @@ def test_call_json_prints_summary(embedded_server: RunningServer) -> None:
     assert summary["reply_text"]
     # SmolLM2's sampled reply may be as short as "What's that?" (0.5 s of speech).
     assert summary["reply_audio_seconds"] >= 0.3, summary
-    assert summary["events"][:2] == ["conversation:created", "message:received"]
+    # Interim transcripts are live only and may come anywhere before the message.
+    logged = [name for name in summary["events"] if name != "transcript:interim"]
+    assert logged[:2] == ["conversation:created", "message:received"]
     assert summary["errors"] == []
 
 

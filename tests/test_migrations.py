@@ -18,7 +18,7 @@ from storage.users import UserExistsError, create_user, issue_token, token_diges
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 ALEMBIC = REPO_DIR / ".venv" / "bin" / "alembic"
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 
 TABLES = {
     "users",

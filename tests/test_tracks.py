@@ -178,15 +178,27 @@ async def test_50_frames_take_about_one_second(track: ReplyAudioTrack) -> None:
     assert 0.9 <= returned_at[-1] <= 1.3
 
 
-async def test_stalled_reader_gets_no_burst(track: ReplyAudioTrack) -> None:
+async def test_short_stall_is_caught_up(track: ReplyAudioTrack) -> None:
     await receive(track, 5)
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.3)
+
+    started = time.monotonic()
+    await receive(track, 20)
+    elapsed_s = time.monotonic() - started
+
+    # 15 frames fell due during the stall and come at once; the next 5 keep the schedule.
+    assert 0.07 <= elapsed_s <= 0.2
+
+
+async def test_long_stall_restarts_the_schedule(track: ReplyAudioTrack) -> None:
+    await receive(track, 5)
+    await asyncio.sleep(1.2)
 
     started = time.monotonic()
     await receive(track, 10)
     elapsed_s = time.monotonic() - started
 
-    # After a stall past 100 ms the schedule restarts, so these 10 frames take about 180 ms.
+    # Past a 1 s stall the schedule restarts, so these 10 frames take about 180 ms.
     assert elapsed_s >= 0.15
 
 

@@ -101,6 +101,7 @@ function registerHandlers(eventBus) {
   eventBus.on('bus:error', ({ data }) => store.setError(data.error));
   registerConversationHandlers(eventBus);
   registerReplyHandlers(eventBus);
+  registerTurnHandlers(eventBus);
 }
 
 function registerConversationHandlers(eventBus) {
@@ -143,6 +144,12 @@ function registerReplyHandlers(eventBus) {
     // An error with a requestId rejects the request that sent it, and its action shows it.
     if (!event.requestId) store.setError(`${event.data.code}: ${event.data.error}`);
   });
+}
+
+function registerTurnHandlers(eventBus) {
+  eventBus.on('transcript:interim', ({ data }) => store.applyInterim(data));
+  eventBus.on('message:interrupted', ({ data }) => store.applyInterrupted(data));
+  eventBus.on('turn:metrics', ({ data }) => store.applyTurnMetrics(data));
 }
 
 // Only chunks of a reply that is running now are played: a replay after a reconnect also
@@ -281,6 +288,8 @@ function handleCallState(session, changes) {
     // NOTE: a reply cut off by the hang-up may never get its final message:received (seen
     // with the server's call teardown), so stop showing "thinking" for it here.
     store.update({ pendingReplies: 0 });
+    // A transcript line still shown now may never get its message, so it would stay.
+    store.clearInterims();
     if (bus) bus.detachChannel();
   }
 }

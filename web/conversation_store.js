@@ -1,6 +1,10 @@
 // ConversationStore: the single source of truth for the view. Server events and user
 // actions change it, and every change notifies the subscribers, which re-render.
 
+// An utterance whose message never comes keeps its line until the call ends, so only the
+// newest few lines are kept.
+const MAX_INTERIMS = 3;
+
 export class ConversationStore {
   constructor() {
     this.state = {
@@ -12,6 +16,10 @@ export class ConversationStore {
       current: null,
       messages: [],
       hasMoreMessages: false,
+      // Live transcripts of the caller's utterances that have no message yet, oldest first.
+      interims: [],
+      // The data of each reply's turn:metrics, by messageId.
+      turnMetrics: {},
       audio: { muted: false, paused: false, playingChunkId: null },
       call: { state: 'idle', conversationId: null, audioLevel: 0, bytesReceived: 0 },
       pendingReplies: 0,
@@ -116,6 +124,8 @@ export class ConversationStore {
       currentId: conversationId,
       current: listed || null,
       messages: [],
+      interims: [],
+      turnMetrics: {},
       pendingReplies: 0,
       memoryContext: null,
       loading: true,
@@ -124,7 +134,13 @@ export class ConversationStore {
 
   closeConversation() {
     this.update({
-      currentId: null, current: null, messages: [], pendingReplies: 0, memoryContext: null,
+      currentId: null,
+      current: null,
+      messages: [],
+      interims: [],
+      turnMetrics: {},
+      pendingReplies: 0,
+      memoryContext: null,
     });
   }
 
@@ -150,13 +166,57 @@ export class ConversationStore {
     });
     if (conversationId !== this.state.currentId) return;
     const message = { chunks: [], metadata: {}, ...data, createdAt };
-    let { pendingReplies } = this.state;
+    let { pendingReplies, interims } = this.state;
     if (data.role === 'user' && !(data.metadata && data.metadata.unanswered)) {
       pendingReplies += 1;
     } else if (data.role === 'assistant' && !(data.metadata && data.metadata.opening)) {
       pendingReplies = Math.max(0, pendingReplies - 1);
     }
-    this.update({ messages: mergeMessage(this.state.messages, message), pendingReplies });
+    // The learner's speech now shows as their message, so its live transcript goes in the
+    // same render.
+    if (data.role === 'user' && data.metadata && data.metadata.inputMethod === 'voice') {
+      interims = withoutHeard(interims, message.content);
+    }
+    this.update({
+      messages: mergeMessage(this.state.messages, message), pendingReplies, interims,
+    });
+  }
+
+  // A transcript:interim replaces the line of its utterance. A final one with no words ends
+  // the utterance without a message, so its line goes.
+  applyInterim(data) {
+    if (data.conversationId !== this.state.currentId) return;
+    const { utteranceId, text, final, audioMs } = data;
+    const others = this.state.interims.filter((known) => known.utteranceId !== utteranceId);
+    if (final && !text) {
+      this.update({ interims: others });
+      return;
+    }
+    const interims = [...others, { utteranceId, text, final, audioMs }]
+      .sort((a, b) => a.utteranceId - b.utteranceId)
+      .slice(-MAX_INTERIMS);
+    this.update({ interims });
+  }
+
+  clearInterims() {
+    if (this.state.interims.length > 0) this.update({ interims: [] });
+  }
+
+  // message:interrupted comes just before the reply's final message:received. Applying it
+  // shows the cut at once, and still shows it when the call ends before that message.
+  applyInterrupted(data) {
+    if (data.conversationId !== this.state.currentId) return;
+    const known = this.state.messages.find((m) => m.messageId === data.messageId);
+    if (!known) return;
+    const { conversationId, messageId, content, ...interruption } = data;
+    const metadata = { ...known.metadata, status: 'interrupted', interruption };
+    const message = { ...known, conversationId, messageId, content, metadata };
+    this.update({ messages: mergeMessage(this.state.messages, message) });
+  }
+
+  applyTurnMetrics(data) {
+    if (data.conversationId !== this.state.currentId) return;
+    this.update({ turnMetrics: { ...this.state.turnMetrics, [data.messageId]: data } });
   }
 
   messageCountOf(conversationId) {
@@ -214,6 +274,15 @@ export class ConversationStore {
   setCall(changes) {
     this.update({ call: { ...this.state.call, ...changes } });
   }
+}
+
+// Return the interims without the one that became a message with this content: the final
+// one with the same text, else the oldest final one. Without a final one, no utterance is
+// known to be transcribed yet, so all stay.
+function withoutHeard(interims, content) {
+  const finals = interims.filter((interim) => interim.final);
+  const transcribed = finals.find((interim) => interim.text === content) || finals[0];
+  return transcribed ? interims.filter((interim) => interim !== transcribed) : interims;
 }
 
 // Insert or replace a message by messageId, keeping sequenceNumber order. A message still

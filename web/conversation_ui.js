@@ -1,6 +1,7 @@
 // ConversationUI: renders the store into the page and turns user input into actions.
 // All server text goes into the page as text nodes, except search snippets, whose <mark>
 // tags are kept after everything else has been escaped.
+import { renderInterim, renderMessage } from './message_view.js';
 
 const STATUS_TARGETS = {
   active: ['paused', 'completed'],
@@ -176,26 +177,11 @@ export class ConversationUI {
   }
 
   renderMessages(state) {
-    const list = this.element('messages');
     const playing = state.audio.playingChunkId;
-    list.replaceChildren(...state.messages.map((message) => {
-      const item = document.createElement('li');
-      item.className = message.role;
-      item.dataset.messageId = message.messageId;
-      const role = document.createElement('span');
-      role.className = 'role';
-      const method = message.metadata && message.metadata.inputMethod === 'voice' ? ' (voice)' : '';
-      const status = message.metadata && message.metadata.status;
-      const statusText = status && status !== 'completed' ? ` · ${status}` : '';
-      role.textContent = `${message.role}${method}${statusText}`;
-      item.append(role);
-      if (message.role === 'assistant' && message.chunks && message.chunks.length > 0) {
-        for (const chunk of message.chunks) item.append(renderChunk(chunk, playing));
-      } else {
-        item.append(document.createTextNode(message.content));
-      }
-      return item;
-    }));
+    const items = state.messages.map((message) => renderMessage(
+      message, playing, state.turnMetrics[message.messageId]));
+    items.push(...state.interims.map(renderInterim));
+    this.element('messages').replaceChildren(...items);
   }
 
   renderLive(state) {
@@ -217,32 +203,6 @@ export class ConversationUI {
       return line;
     }));
   }
-}
-
-function renderChunk(chunk, playingChunkId) {
-  const span = document.createElement('span');
-  span.className = 'chunk';
-  if (chunk.emphasis) span.classList.add('emphasis');
-  if (chunk.chunkId === playingChunkId) span.classList.add('playing');
-  span.dataset.chunkId = chunk.chunkId;
-  span.dataset.chunkIndex = chunk.chunkIndex;
-  span.title = `${chunk.emotion || 'neutral'}${chunk.emphasis ? ', emphasised' : ''}`;
-  const icon = document.createElement('span');
-  icon.className = 'icon';
-  icon.textContent = `${chunk.icon || '💬'} `;
-  span.append(icon, ...emphasisNodes(chunk.text));
-  return span;
-}
-
-// Text between *stars* is shown in <em>; the server strips most stars, so this is a fallback.
-function emphasisNodes(text) {
-  const parts = String(text).split(/\*([^*]+)\*/);
-  return parts.map((part, index) => {
-    if (index % 2 === 0) return document.createTextNode(part);
-    const em = document.createElement('em');
-    em.textContent = part;
-    return em;
-  });
 }
 
 export function escapeHtml(text) {

@@ -167,6 +167,7 @@ export class EventBus {
     if (event.type === 'connection:ready' && transport === 'ws') {
       this.handleReady(event);
     }
+    if (this.isSocketCopy(event, transport)) return;
     if (!this.acceptSeq(event)) return;
     this.settleRequest(event);
     this.dispatch(event);
@@ -181,6 +182,16 @@ export class EventBus {
     if (event.seq <= lastSeq) return false;
     this.lastSeqByConversation.set(conversationId, event.seq);
     return true;
+  }
+
+  // An event outside the log (no seq), such as transcript:interim, reaches a page in a call
+  // twice: on the call's data channel and on the WebSocket, when that is subscribed to the
+  // same conversation. While the channel is open, the WebSocket's copy is dropped.
+  isSocketCopy(event, transport) {
+    if (transport !== 'ws' || typeof event.seq === 'number' || event.requestId) return false;
+    const conversationId = event.data && event.data.conversationId;
+    if (!conversationId || conversationId !== this.channelConversationId) return false;
+    return Boolean(this.channel) && this.channel.readyState === 'open';
   }
 
   settleRequest(event) {

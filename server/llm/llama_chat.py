@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from media.priority import lower_this_thread
 from server.llm.base import ChatMessage, GenerationOptions, LLMUnavailableError
 from server.memory.tokens import LlamaTokenCounter
 
@@ -37,7 +38,9 @@ class LlamaChatModel:
         self._context_tokens = context_tokens
         self._threads = threads
         self._llama: Any = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="llm", initializer=lower_this_thread
+        )
         self._busy = asyncio.Lock()
 
     @property
@@ -70,6 +73,13 @@ class LlamaChatModel:
             finally:
                 bindings.llama_model_default_params = original
         logger.info("loaded %s (context %d tokens)", self.model_path, self._context_tokens)
+
+    async def open(self, system_prompt: str) -> None:
+        """Load the model and read the system prompt on the generation thread, whose
+        priority the model's thread pool inherits."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self.load)
+        await loop.run_in_executor(self._executor, self.warm_up, system_prompt)
 
     def token_counter(self) -> LlamaTokenCounter:
         """Return a counter with this model's tokenizer; call after load()."""

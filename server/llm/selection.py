@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncGenerator
 
@@ -66,8 +65,7 @@ async def open_chat_model(settings: Settings) -> ChatModel:
         model_path, context_tokens=settings.llm_context_tokens, threads=settings.llm_threads
     )
     try:
-        await asyncio.to_thread(llama_model.load)
-        await asyncio.to_thread(llama_model.warm_up, tutor_system_prompt("A1"))
+        await llama_model.open(tutor_system_prompt("A1"))
     except Exception as exc:
         reason = f"embedded model {model_path} failed to load: {exc}"
         logger.error("%s; every reply will fail with llm_unavailable", reason)
