@@ -125,11 +125,30 @@ class FileAudioTrack(MediaStreamTrack):
         return samples
 
 
+# A speech onset is at most this far below the clip's loud speech: 20 dB.
+ONSET_BELOW_SPEECH = 0.1
+
+
 def find_speech_start_s(samples_16k: np.ndarray, aggressiveness: int = 2) -> float | None:
-    """Return the start of the first voiced 30 ms frame, or None when nothing is voiced."""
-    for start in _voiced_frame_starts(samples_16k, aggressiveness):
-        return start / VAD_RATE_HZ
+    """Return the start of the first voiced 30 ms frame within 20 dB of the clip's loud
+    speech (its 95th-percentile frame level), or None when nothing is voiced.
+
+    webrtcvad alone calls the breath or hiss at the start of a clip voiced (the first frame
+    of a LibriSpeech clip, at -58 dBFS, for one), which would date the onset too early.
+    """
+    starts = list(_voiced_frame_starts(samples_16k, aggressiveness))
+    if not starts:
+        return None
+    levels = [_rms(samples_16k[start : start + VAD_FRAME_SAMPLES]) for start in starts]
+    loud = float(np.percentile(levels, 95))
+    for start, level in zip(starts, levels, strict=True):
+        if level >= ONSET_BELOW_SPEECH * loud:
+            return start / VAD_RATE_HZ
     return None
+
+
+def _rms(samples: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(samples.astype(np.float64) ** 2)))
 
 
 def find_speech_end_s(samples_16k: np.ndarray, aggressiveness: int = 2) -> float:
