@@ -30,7 +30,7 @@ def default_model_path() -> str:
 
 
 class SileroModel:
-    """One ONNX session shared by every stream; each stream keeps its own state."""
+    """One ONNX session shared by every stream. Each stream keeps its own state."""
 
     _shared: SileroModel | None = None
     _shared_lock = threading.Lock()
@@ -63,7 +63,7 @@ class SileroModel:
     def run(
         self, windows: np.ndarray, state: tuple[np.ndarray, np.ndarray]
     ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-        """Run consecutive windows (n, CONTEXT + WINDOW) from state; return the speech
+        """Run consecutive windows (n, CONTEXT + WINDOW) from state, and return the speech
         probabilities and the state after the last window."""
         h, c = state
         out, h, c = self._session.run(None, {"input": windows, "h": h, "c": c})
@@ -81,7 +81,7 @@ class SileroStream:
         self._state = _zero_state()
 
     def push(self, samples: np.ndarray) -> list[float]:
-        """Feed 16 kHz int16 samples; return one probability per window they complete."""
+        """Feed 16 kHz int16 samples and return one probability per window they complete."""
         audio = samples.astype(np.float32) / 32768.0
         self._pending = np.concatenate([self._pending, audio])
         count = len(self._pending) // WINDOW_SAMPLES

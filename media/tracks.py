@@ -63,8 +63,8 @@ class ReplyAudioTrack(MediaStreamTrack):
         self._listeners: list[Callable[[str], None]] = []
         # Speech samples played over the whole call, pauses not counted.
         self.played_samples = 0
-        # Asked before speech starts on a silent track; returning False pauses the track
-        # instead (the caller is talking, so the reply must wait).
+        # Asked before speech starts on a silent track. False keeps the track silent for
+        # this frame (the caller is talking), and the callback may interrupt the reply.
         self.may_start: Callable[[], bool] | None = None
 
     @property
@@ -103,7 +103,7 @@ class ReplyAudioTrack(MediaStreamTrack):
         self._paused = False
 
     def interrupt(self, reason: str) -> int:
-        """Drop everything not yet played, unpause, and tell each listener why; return how
+        """Drop everything not yet played, unpause, tell each listener why, and return how
         many chunks were dropped."""
         dropped = self.clear()
         self._paused = False
@@ -112,7 +112,7 @@ class ReplyAudioTrack(MediaStreamTrack):
         return dropped
 
     def watch_interrupts(self, listener: Callable[[str], None]) -> Callable[[], None]:
-        """Call listener(reason) on interrupt; return the function that removes it."""
+        """Call listener(reason) on every interrupt, and return the function that removes it."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
@@ -126,7 +126,7 @@ class ReplyAudioTrack(MediaStreamTrack):
         return paced_frame(self._next_samples(SAMPLES_PER_FRAME), index)
 
     def _may_start(self) -> bool:
-        """Ask may_start before speech starts on a silent track; it may interrupt."""
+        """Ask may_start before speech starts on a silent track. It may interrupt the reply."""
         if self._current is not None or not self._queue or self.may_start is None:
             return True
         return self.may_start()

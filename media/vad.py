@@ -178,7 +178,7 @@ class UtteranceSegmenter:
         self._onset_reported = False
         self._confirmed = False
         # The last voiced frame of the pause that may end the turn at quick_end_ms. Set
-        # from another thread by allow_quick_end; a plain int is read and written whole.
+        # from another thread by allow_quick_end, which is safe: a plain int is replaced whole.
         self._quick_end_at = -1
 
     @property
@@ -197,7 +197,7 @@ class UtteranceSegmenter:
         self._quick_end_at = round(speech_end_s * 1000 / self.config.frame_ms) - 1
 
     def push(self, samples: np.ndarray) -> list[SegmenterEvent]:
-        """Feed samples; return the events they complete, in order."""
+        """Feed samples and return the events they complete, in order."""
         samples = samples.astype(np.int16, copy=False)
         self._pending = np.concatenate([self._pending, samples])
         events: list[SegmenterEvent] = []

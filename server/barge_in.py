@@ -39,7 +39,7 @@ class BargeIn:
         track.may_start = self._may_start
 
     def on_onset(self, heard_at: float) -> None:
-        """Speech began; heard_at is when its first audio arrived."""
+        """Handle the start of speech. heard_at is when its first audio arrived."""
         if not self._track.active:
             return
         self._over_reply = True

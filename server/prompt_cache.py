@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 async def prime_next_turn(services: Services, conversation: asyncpg.Record) -> None:
     """Have the model read the conversation's next prompt up to its newest message."""
     # NOTE: only the embedded model is primed. It reads prompts on the two cores that also
-    # run speech; an Ollama server reads them on its own hardware, usually far faster, and
+    # run speech. An Ollama server reads them on its own hardware, usually far faster, and
     # priming it would cost a request per reply.
     if not isinstance(services.llm, LlamaChatModel):
         return

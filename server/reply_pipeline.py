@@ -178,7 +178,7 @@ class ReplyPipeline:
         await self._store_outcome(status)
 
     async def _generate_and_speak(self, messages: list[ChatMessage]) -> str:
-        """Stream the model into chunks and synthesise them; return the reply's status."""
+        """Stream the model into chunks, synthesise them and return the reply's status."""
         # A reply without audio needs no speaker task: its chunks are never queued.
         speaker = (
             asyncio.create_task(self._speak_chunks(), name=f"{self._task_name}-tts")
@@ -197,7 +197,8 @@ class ReplyPipeline:
         return status
 
     async def _unless_interrupted(self, work: asyncio.Task[str]) -> str:
-        """Wait for work; if the track is interrupted first, stop it and say so."""
+        """Wait for work and return its status, or stop it and return "interrupted" when the
+        track is interrupted first."""
         interrupted = asyncio.ensure_future(self._interrupted.wait())
         try:
             await asyncio.wait({work, interrupted}, return_when=asyncio.FIRST_COMPLETED)
