@@ -6,6 +6,13 @@ With the server's log at hand, each reaction is split at two moments that the se
 pause, and N ms before it the speech's first audio arrived at the server. Both processes
 run on this machine, so the line's wall-clock time converts to the caller's monotonic
 clock by the offset between the two clocks. Log times have 1 ms steps.
+
+Audio reaches the server's segmenter about 40 ms after the caller sends it, the server's
+receive buffer of 2 packets. The "onset sent -> server heard" part is that, less how much
+earlier the server's VAD dates the speech's start than the caller's onset, which skips
+quiet frames (media/file_track.py). After a lost or late packet, aiortc 1.16's buffer
+releases one frame per packet it receives, so it stays deeper for the rest of the call.
+Fed one packet every 20 ms with one left out, it held each later frame 280 ms, not 40.
 """
 
 from __future__ import annotations
@@ -23,7 +30,14 @@ from typing import Any
 import aiohttp
 
 from bench.latency_report import percentile_ms
-from server.caller import CallResult, CueReaction, SpeechCue, after_reply_heard, place_call
+from server.caller import (
+    REPLY_STOP_SILENCE_S,
+    CallResult,
+    CueReaction,
+    SpeechCue,
+    after_reply_heard,
+    place_call,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -255,6 +269,18 @@ def _print_barge_in_summary(timings: Sequence[BargeInTiming], with_server_log: b
         _print_row("  onset sent -> server heard", [split[0] for split in splits])
         _print_row("  server heard -> paused", [split[1] for split in splits])
         _print_row("  paused -> last audio at caller", [split[2] for split in splits])
+        # A reply that went silent before the server paused it ended a chunk: its
+        # reaction is the gap between chunks, not the barge-in's.
+        by_pause = [
+            t.reaction.reaction_ms if t.reaction is not None else None
+            for t, split in zip(playing, splits, strict=True)
+            if split[2] is not None and split[2] >= 0
+        ]
+        _print_row("reaction_ms, stopped by the pause", by_pause)
+        print(
+            "(onset sent -> server heard: 40 ms of the server's receive buffer, less how much"
+            " earlier the server's VAD dated the speech than the caller's onset)"
+        )
     else:
         print("  (no server log with --server, so the reaction is not split)")
 
@@ -272,7 +298,10 @@ def _print_barge_in_summary(timings: Sequence[BargeInTiming], with_server_log: b
     print(f"cue spoken: {spoken} of {total} calls")
     print(f"reply playing at the onset: {len(playing)} of {total} calls")
     print(f"reply never stopped after the onset: {never} of {total} calls")
-    print(f"no reply audio after the onset (onset in a pause between chunks): {silent}")
+    print(
+        f"reply heard in the {REPLY_STOP_SILENCE_S * 1000:.0f} ms before the onset but not"
+        f" after it (no reaction measured): {silent} of {total} calls"
+    )
     print(
         f"replies stored as interrupted (message:interrupted, barge-in): {interrupted} of {total}"
     )

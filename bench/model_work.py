@@ -65,13 +65,17 @@ class TurnModels:
         )
 
     async def load(self) -> None:
-        """Load the three models one after another, each with its own warm-up."""
-        await asyncio.to_thread(self.stt.load)
-        await asyncio.to_thread(self.tts.load)
-        await asyncio.to_thread(self.llm.load)
+        """Load the three models one after another, each with its own warm-up.
+
+        Each model loads and runs on its own worker thread, as in the server, so its
+        threads run at the server's lowered priority (media/priority.py) against other
+        work on the machine.
+        """
+        await self.stt.open()
+        await self.tts.open()
         # The server warms the prefix cache with this prompt too, so the first turn of
         # each side starts from the same cache.
-        await asyncio.to_thread(self.llm.warm_up, tutor_system_prompt(self.level))
+        await self.llm.open(tutor_system_prompt(self.level))
 
     async def close(self) -> None:
         await self.llm.close()
