@@ -147,6 +147,8 @@ async def _call(
         token=token,
         cues=cues,
         timeout_s=minutes * 60 + CALL_MARGIN_S,
+        # A quiet stretch until the next sentence is due must not end the call.
+        turn_wait_s=SENTENCE_INTERVAL_S + REPLY_WAIT_S,
     )
     logger.info("call ended after %.1f min", (time.monotonic() - started_at) / 60)
     return result, await fetch_chunk_audio(server_url, token, result)
