@@ -137,6 +137,9 @@ class CallSession:
         self._closing = True
         logger.info("call %s: closing (%s)", self.id, reason)
         try:
+            # Replies playing on the track stop first, and so learn why before the tasks
+            # that run them are cancelled.
+            self.reply_track.interrupt("call-ended")
             current = asyncio.current_task()
             tasks = [task for task in self._tasks if task is not current]
             for task in tasks:

@@ -175,7 +175,9 @@ class ReplyPipeline:
         finally:
             if remove_listener is not None:
                 remove_listener()
-        await self._store_outcome(status)
+        # Shielded: a call that ends interrupts the reply and then cancels its task, which
+        # must not stop the store halfway and leave the message generating.
+        await asyncio.shield(self._store_outcome(status))
 
     async def _generate_and_speak(self, messages: list[ChatMessage]) -> str:
         """Stream the model into chunks, synthesise them and return the reply's status."""
