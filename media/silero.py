@@ -1,9 +1,9 @@
 """Silero VAD, streamed: a speech probability for every 32 ms of 16 kHz audio.
 
 The model is the ONNX file faster-whisper ships (`silero_vad_v6.onnx`), run with
-onnxruntime, so it needs no download. It tells speech from noise, coughs and breaths far
-better than webrtcvad, which reacts to any energy in the voice band; webrtcvad stays the
-fast first check and Silero confirms what it proposes.
+onnxruntime, so it needs no download. It separates speech from noise, coughs and breaths far
+better than webrtcvad, which reacts to any energy in the voice band. webrtcvad stays the
+fast first check, and Silero confirms what it proposes.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ class SegmenterConfig:
     onset_ms: int = 140
     # Audio kept from before the onset, so the first syllable is not clipped.
     preroll_ms: int = 500
-    # Silence that ends the turn whatever was said: the longest pause a learner may take
+    # Silence that ends the turn whatever the words: the longest pause a learner may take
     # in the middle of a sentence.
     end_silence_ms: int = 1000
     # Silence that ends the turn when the speech so far reads as a finished sentence
@@ -97,7 +97,7 @@ class VoiceOnset:
 
 @dataclass(frozen=True)
 class SpeechConfirmed:
-    """The utterance now holds confirm_speech_ms of speech: a real turn, not a noise."""
+    """Event: the utterance now contains confirm_speech_ms of speech, so it is a real turn."""
 
     speech_ms: int
 

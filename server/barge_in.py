@@ -1,5 +1,5 @@
 """Barge-in: the caller speaking over a reply pauses it at once, and cuts it once the speech
-proves to be a real turn; a cough or an "mm-hm" lets it resume.
+proves to be a real turn. A cough or an "mm-hm" lets it resume.
 
 Pausing at the first 40 ms of speech keeps the caller's wait for silence under 200 ms,
 while the decision to cut waits for barge_in_min_speech_ms of speech that Silero confirmed.
@@ -57,13 +57,13 @@ class BargeIn:
         self._arm_resume()
 
     def on_confirmed(self) -> None:
-        """The utterance holds enough speech to be a turn: cut the reply it talks over."""
+        """Cut the reply the caller talks over: the utterance has enough speech to be a turn."""
         self._confirmed = True
         if self._track.active and (self._holding or not self._in_echo_grace()):
             self._cut_reply()
 
     def on_faded(self) -> None:
-        """The speech stopped before it was confirmed: carry on with the reply."""
+        """Resume the reply: the speech stopped before it was confirmed."""
         if self._holding and not self._cut:
             self._resume("the caller's speech stopped")
 

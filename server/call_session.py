@@ -270,9 +270,11 @@ class CallSession:
         clock = TurnClock()
         clock.mark("speech_end", self._inbound.arrival_time(utterance.speech_end_s))
         clock.mark("turn_detected")
-        mode = (
-            "max_length" if utterance.truncated else "quick" if utterance.quick_end else "silence"
-        )
+        mode = "silence"
+        if utterance.truncated:
+            mode = "max_length"
+        elif utterance.quick_end:
+            mode = "quick"
         clock.details["endOfTurn"] = mode
         metrics.END_OF_TURN.labels(mode=mode).inc()
         logger.info(

@@ -6,7 +6,7 @@ so words already shown do not change under the caller's eyes.
 
 NOTE: the prefix does not make the final transcript faster. CTranslate2 4.8 feeds forced
 prefix tokens one decoder step each (bench/stt_window.py measured 1.00 of the time without
-it); what makes it fast is the window fitted to the utterance (media/stt.py) and starting
+it). What makes it fast is the window fitted to the utterance (media/stt.py) and starting
 it at the first pause. Decoding only the tail audio would need word timings per interim.
 """
 
@@ -60,7 +60,7 @@ class InterimTranscripts:
         return stable_prefix(self._texts[-2], self._texts[-1])
 
     def start(self) -> None:
-        """A new utterance began: forget the last one and transcribe this one as it grows."""
+        """Forget the last utterance and transcribe the new one as it grows."""
         self.stop()
         self._utterance += 1
         self._texts = []

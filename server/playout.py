@@ -1,4 +1,4 @@
-"""What the caller heard of a reply: per chunk, spoken in full, cut, or never spoken."""
+"""Playout of a reply in a call: per chunk, spoken in full, cut, or never spoken."""
 
 from __future__ import annotations
 

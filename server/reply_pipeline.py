@@ -213,7 +213,7 @@ class ReplyPipeline:
         return "interrupted"
 
     async def _wait_for_playout(self) -> None:
-        """Wait until the caller has heard the last chunk, so the stored message says what
+        """Wait until the caller has heard the last chunk, so the stored message contains what
         was heard. Returns early on an interrupt or when the call's track ends."""
         queued = [state.speech for state in self._chunks if state.speech is not None]
         if not queued or self._track is None:
@@ -521,8 +521,8 @@ class ReplyPipeline:
         return [playout_of(state.chunk.text, state.speech) for state in self._chunks]
 
     def _interruption(self, playouts: list[ChunkPlayout]) -> dict[str, Any]:
-        """Where the reply stopped: the chunk cut (or the first one never spoken) and the
-        offset into its audio."""
+        """Return where the reply stopped: the chunk cut (or the first one never spoken) and
+        the offset into its audio."""
         reason = self._interrupt_reason or "cancelled"
         stop = next(
             (i for i, p in enumerate(playouts) if p.status != "spoken"), len(playouts) - 1

@@ -96,7 +96,7 @@ class Settings:
     vad_frame_ms: int = 20
     vad_onset_ms: int = 140
     vad_preroll_ms: int = 500
-    # The longest pause inside a turn; a turn whose words read as a finished sentence ends
+    # The maximum pause inside a turn. A turn whose words read as a finished sentence ends
     # after vad_quick_end_ms instead.
     vad_end_silence_ms: int = 1000
     vad_quick_end_ms: int = 300

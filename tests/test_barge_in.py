@@ -15,6 +15,7 @@ from media.vad import Utterance
 from server.barge_in import BargeIn
 from server.playout import heard_content, heard_words, playout_of
 from server.settings import Settings
+from tests.test_tracks import pcm, receive
 
 SETTINGS = Settings(barge_in_echo_grace_ms=200, barge_in_min_speech_ms=600)
 
@@ -34,8 +35,8 @@ def utterance(speech_ms: int) -> Utterance:
 
 
 async def play(track: ReplyAudioTrack, seconds: float) -> np.ndarray:
-    frames = [await track.recv() for _ in range(round(seconds / 0.02))]
-    return np.concatenate([frame.to_ndarray().reshape(-1) for frame in frames])
+    """Read seconds of the track's frames and return their samples."""
+    return pcm(await receive(track, round(seconds / 0.02)))
 
 
 @pytest.fixture

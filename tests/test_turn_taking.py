@@ -98,7 +98,7 @@ async def test_barge_in_stores_what_was_heard(
         " ".join(row["text"] for row in chunks[:stop])
     )
 
-    # What the caller heard, transcribed, holds the stored words and not the unheard ones.
+    # The transcript of what the caller heard contains the stored words, not the unheard ones.
     (reaction,) = barge_in_call.cue_reactions()
     assert reaction is not None and reaction.stopped_at is not None
     heard = transcribe_heard(barge_in_call, reaction.stopped_at)
