@@ -31,6 +31,8 @@ class FrameClock:
     def __init__(self) -> None:
         self._start: float | None = None
         self._index = 0
+        # When the frame last returned by next_frame was due (monotonic seconds).
+        self.due_at = 0.0
 
     async def next_frame(self) -> int:
         """Wait until the next frame is due and return its index."""
@@ -43,6 +45,7 @@ class FrameClock:
         elif now - due > MAX_LAG_S:
             self._start = now - self._index * FRAME_S
         index = self._index
+        self.due_at = self._start + index * FRAME_S
         self._index += 1
         return index
 

@@ -60,6 +60,8 @@ class InboundAudio:
         )
         self._samples = 0
         self._dropped_frames = 0
+        # Sees every frame received, with its arrival time (a recording): must not block.
+        self.on_frame: Callable[[av.AudioFrame, float], None] | None = None
 
     async def receive(self, track: MediaStreamTrack) -> None:
         """Read frames until the track ends; raise InboundEnded with the reason."""
@@ -72,8 +74,11 @@ class InboundAudio:
                 raise InboundEnded(f"no audio for {self._idle_timeout_s:.0f} s") from exc
             if not isinstance(frame, av.AudioFrame):
                 continue
+            arrived_at = time.monotonic()
+            if self.on_frame is not None:
+                self.on_frame(frame, arrived_at)
             try:
-                self._frames.put_nowait((frame, time.monotonic()))
+                self._frames.put_nowait((frame, arrived_at))
             except asyncio.QueueFull:
                 self._dropped_frames += 1
                 if self._dropped_frames % 50 == 1:

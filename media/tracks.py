@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import av
 import numpy as np
@@ -28,6 +29,8 @@ class QueuedSpeech:
     pause_after_s: float
     on_start: Callable[[float], None] | None = None
     on_end: Callable[[float], None] | None = None
+    # Describes the chunk for a track observer (a recording's timeline), when it asks.
+    details: Callable[[], dict[str, Any]] | None = None
     # Speech samples handed to the connection so far.
     played: int = 0
     _silence_left: int = field(default=-1, repr=False)
@@ -39,6 +42,17 @@ class QueuedSpeech:
     @property
     def played_ms(self) -> int:
         return self.played * 1000 // WEBRTC_RATE_HZ
+
+
+class TrackObserver(Protocol):
+    """Watches what a track sends, with the monotonic time each sample was due."""
+
+    def frame_sent(self, samples: np.ndarray, due_at: float) -> None: ...
+
+    def speech_started(self, speech: QueuedSpeech, at: float) -> None: ...
+
+    def speech_ended(self, speech: QueuedSpeech, at: float) -> None:
+        """Called when speech's last sample is sent, or when an interrupt cuts it."""
 
 
 class ReplyAudioTrack(MediaStreamTrack):
@@ -66,6 +80,10 @@ class ReplyAudioTrack(MediaStreamTrack):
         # Asked before speech starts on a silent track. False keeps the track silent for
         # this frame (the caller is talking), and the callback may interrupt the reply.
         self.may_start: Callable[[], bool] | None = None
+        self.observer: TrackObserver | None = None
+        # When the frame being filled was due, and when the last sent frame ended.
+        self._frame_due_at = 0.0
+        self._sent_until = 0.0
 
     @property
     def idle(self) -> bool:
@@ -90,6 +108,9 @@ class ReplyAudioTrack(MediaStreamTrack):
     def clear(self) -> int:
         """Drop everything not yet played; return how many chunks were dropped."""
         dropped = len(self._queue) + (1 if self._current is not None else 0)
+        current = self._current
+        if current is not None and not current.finished and self.observer is not None:
+            self.observer.speech_ended(current, self._sent_until)
         self._queue.clear()
         self._current = None
         self._space.set()
@@ -121,9 +142,15 @@ class ReplyAudioTrack(MediaStreamTrack):
             raise MediaStreamError
 
         index = await self._clock.next_frame()
+        self._frame_due_at = self._clock.due_at
         if self._paused or not self._may_start():
-            return paced_frame(np.zeros(SAMPLES_PER_FRAME, dtype=np.int16), index)
-        return paced_frame(self._next_samples(SAMPLES_PER_FRAME), index)
+            samples = np.zeros(SAMPLES_PER_FRAME, dtype=np.int16)
+        else:
+            samples = self._next_samples(SAMPLES_PER_FRAME)
+        self._sent_until = self._frame_due_at + SAMPLES_PER_FRAME / WEBRTC_RATE_HZ
+        if self.observer is not None:
+            self.observer.frame_sent(samples, self._frame_due_at)
+        return paced_frame(samples, index)
 
     def _may_start(self) -> bool:
         """Ask may_start before speech starts on a silent track. It may interrupt the reply."""
@@ -135,13 +162,17 @@ class ReplyAudioTrack(MediaStreamTrack):
         out = np.zeros(count, dtype=np.int16)
         filled = 0
         while filled < count:
-            speech = self._current or self._start_next()
+            speech = self._current or self._start_next(filled)
             if speech is None:
                 break
-            filled += self._fill_from(speech, out[filled:])
+            filled += self._fill_from(speech, out[filled:], filled)
         return out
 
-    def _start_next(self) -> QueuedSpeech | None:
+    def _due_at(self, offset: int) -> float:
+        """Return when the sample at offset in the frame being filled is due."""
+        return self._frame_due_at + offset / WEBRTC_RATE_HZ
+
+    def _start_next(self, offset: int) -> QueuedSpeech | None:
         if not self._queue:
             return None
         speech = self._queue.popleft()
@@ -149,16 +180,21 @@ class ReplyAudioTrack(MediaStreamTrack):
         self._current = speech
         if speech.on_start is not None:
             speech.on_start(time.monotonic())
+        if self.observer is not None:
+            self.observer.speech_started(speech, self._due_at(offset))
         return speech
 
-    def _fill_from(self, speech: QueuedSpeech, out: np.ndarray) -> int:
-        """Copy speech, then its pause as silence, into out; return samples written."""
+    def _fill_from(self, speech: QueuedSpeech, out: np.ndarray, offset: int) -> int:
+        """Copy speech, then its pause as silence, into out, which starts at offset in the
+        frame; return samples written."""
         remaining = len(speech.samples) - speech.played
         if remaining > 0:
             taken = min(remaining, len(out))
             out[:taken] = speech.samples[speech.played : speech.played + taken]
             speech.played += taken
             self.played_samples += taken
+            if speech.finished and self.observer is not None:
+                self.observer.speech_ended(speech, self._due_at(offset + taken))
             return taken
 
         if speech._silence_left < 0:

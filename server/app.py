@@ -15,6 +15,7 @@ from server.app_keys import SERVICES_KEY
 from server.auth import authenticate
 from server.errors import ClientError, NotFoundError, ParleyError
 from server.ice import restrict_host_addresses
+from server.recordings_rest import add_recording_routes
 from server.rest import add_routes
 from server.services import open_services
 from server.settings import Settings
@@ -45,7 +46,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return await handler(request)
     except ParleyError as exc:
         metrics.count_error(exc.code)
-        return web.json_response(exc.to_json(), status=exc.http_status)
+        return web.json_response(exc.to_json(), status=exc.http_status, headers=exc.headers())
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -135,6 +136,7 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_post("/api/rtc/offer", handle_offer)
     app.router.add_get("/ws", handle_websocket)
     add_routes(app)
+    add_recording_routes(app)
     app.router.add_get("/api/audio/{file_id}", handle_audio)
     app.router.add_get("/", handle_index)
     app.router.add_static("/web/", WEB_DIR)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from media.frames import WEBRTC_RATE_HZ
 from media.tracks import ReplyAudioTrack
@@ -37,6 +38,8 @@ class BargeIn:
         self._confirmed = False
         self._cut = False
         track.may_start = self._may_start
+        # Told of each action taken on the reply: ("paused" | "resumed" | "cut", reason).
+        self.on_action: Callable[[str, str], None] | None = None
 
     def on_onset(self, heard_at: float) -> None:
         """Handle the start of speech. heard_at is when its first audio arrived."""
@@ -54,6 +57,7 @@ class BargeIn:
             logger.info(
                 "%s: reply paused %.0f ms after the caller's speech", self._name, pause_s * 1000
             )
+            self._report("paused", "the caller started speaking")
         self._arm_resume()
 
     def on_confirmed(self) -> None:
@@ -104,6 +108,7 @@ class BargeIn:
         dropped = self._track.interrupt("barge-in")
         metrics.BARGE_INS.inc()
         logger.info("%s: barge-in cut the reply (%d chunks dropped)", self._name, dropped)
+        self._report("cut", "the caller took the turn")
 
     def _in_echo_grace(self) -> bool:
         return not self._track.idle and self._track.played_samples < self._grace_samples
@@ -120,6 +125,11 @@ class BargeIn:
         self._release()
         self._track.resume()
         logger.info("%s: reply resumed (%s)", self._name, why)
+        self._report("resumed", why)
+
+    def _report(self, action: str, reason: str) -> None:
+        if self.on_action is not None:
+            self.on_action(action, reason)
 
     def _release(self) -> None:
         self._holding = False

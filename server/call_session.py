@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
@@ -34,6 +36,7 @@ from media.vad import (
 )
 from server import metrics
 from server.barge_in import BargeIn
+from server.call_recording import CallRecording
 from server.client_connection import ClientConnection
 from server.data_channel import DataChannelTransport
 from server.interim import InterimTranscripts
@@ -55,6 +58,9 @@ class QueuedTurn:
     prefix: str = ""
     # The number interim transcripts gave the utterance.
     utterance_id: int = 0
+    # When the utterance's first and last audio arrived (monotonic seconds).
+    start_at: float = 0.0
+    end_at: float = 0.0
 
 
 @dataclass
@@ -90,6 +96,7 @@ class CallSession:
             services.speech_model,
         )
         self._inbound_track: MediaStreamTrack | None = None
+        self._recording: CallRecording | None = None
         self._closed = asyncio.Event()
         self._closing = False
         self._early: EarlyTranscription | None = None
@@ -121,6 +128,7 @@ class CallSession:
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("connectionstatechange", self._on_connection_state)
         await self.pc.setRemoteDescription(offer)
+        await self._start_recording()
         shorten_audio_jitter_buffers(self.pc, self._services.settings.jitter_prefetch_packets)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
@@ -135,6 +143,7 @@ class CallSession:
             await self._closed.wait()
             return
         self._closing = True
+        ended_at = time.monotonic()
         logger.info("call %s: closing (%s)", self.id, reason)
         try:
             # Replies playing on the track stop first, and so learn why before the tasks
@@ -149,6 +158,7 @@ class CallSession:
             self._barge_in.close()
             await self._store_unanswered_speech()
         finally:
+            await self._finish_recording(ended_at)
             await self._connection.close()
             self.reply_track.stop()
             await self.pc.close()
@@ -156,6 +166,35 @@ class CallSession:
             self._services.sessions.pop(self.id, None)
             self._closed.set()
             logger.info("call %s: closed", self.id)
+
+    async def _start_recording(self) -> None:
+        """Record the call unless the server or the conversation says not to. Each part of
+        the call tells the recording what it sends, hears and decides. A recording that
+        cannot start leaves the call unrecorded rather than failing it."""
+        try:
+            recording = await CallRecording.start(self._services, self.conversation_id, self.id)
+        except (OSError, asyncpg.PostgresError):
+            logger.exception("call %s: recording could not start; the call goes on", self.id)
+            return
+        if recording is None:
+            return
+        self._recording = recording
+        self.reply_track.observer = recording
+        self._inbound.on_frame = recording.inbound
+        self._barge_in.on_action = recording.barge_in
+
+    async def _finish_recording(self, ended_at: float) -> None:
+        recording = self._recording
+        if recording is None:
+            return
+        self.reply_track.observer = None
+        self._inbound.on_frame = None
+        self._barge_in.on_action = None
+        try:
+            await recording.finish(ended_at)
+        except Exception:
+            # The call's other clean-up must still run; the next start repairs the row.
+            logger.exception("call %s: finishing recording %s failed", self.id, recording.id)
 
     def _start_task(self, coroutine: Coroutine[Any, Any, Any], name: str) -> None:
         task = asyncio.create_task(coroutine, name=f"call-{self.id}-{name}")
@@ -268,7 +307,8 @@ class CallSession:
 
     async def _queue_turn(self, utterance: Utterance) -> None:
         clock = TurnClock()
-        clock.mark("speech_end", self._inbound.arrival_time(utterance.speech_end_s))
+        start_at, end_at = self._arrival_span(utterance)
+        clock.mark("speech_end", end_at)
         clock.mark("turn_detected")
         mode = "silence"
         if utterance.truncated:
@@ -284,6 +324,8 @@ class CallSession:
             utterance.speech_end_s,
             mode,
         )
+        if self._recording is not None:
+            self._recording.utterance(start_at, end_at, mode)
         early = None
         if self._early is not None and self._early.speech_end_s == utterance.speech_end_s:
             early = self._early.task
@@ -292,7 +334,15 @@ class CallSession:
         # Waits when turns pile up faster than replies finish, and the inbound frames
         # queue meanwhile.
         await self._turns.put(
-            QueuedTurn(utterance, clock, early, self._interim.prefix, self._interim.utterance_id)
+            QueuedTurn(
+                utterance,
+                clock,
+                early,
+                self._interim.prefix,
+                self._interim.utterance_id,
+                start_at,
+                end_at,
+            )
         )
 
     def _send_transcript(self, data: dict[str, object]) -> None:
@@ -324,7 +374,11 @@ class CallSession:
             logger.info("call %s: utterance contained no words, so no turn", self.id)
             return
 
-        await store_user_turn(services, self.conversation_id, turn.utterance, transcript.text)
+        message = await store_user_turn(
+            services, self.conversation_id, turn.utterance, transcript.text
+        )
+        if self._recording is not None:
+            self._recording.transcript(turn.start_at, turn.end_at, transcript.text, message.id)
         await services.messages.reply(
             self.conversation_id,
             clock=turn.clock,
@@ -338,18 +392,34 @@ class CallSession:
         utterances = []
         while not self._turns.empty():
             utterances.append(self._turns.get_nowait().utterance)
-        utterances += [e for e in await self._inbound.finish() if isinstance(e, Utterance)]
+        in_progress = [e for e in await self._inbound.finish() if isinstance(e, Utterance)]
+        if self._recording is not None:
+            for utterance in in_progress:
+                self._recording.utterance(*self._arrival_span(utterance), "call_ended")
+        utterances += in_progress
 
         for utterance in utterances:
             try:
                 transcript = await self._services.stt.transcribe(utterance.samples)
                 if transcript.text:
-                    await store_user_turn(
+                    message = await store_user_turn(
                         self._services,
                         self.conversation_id,
                         utterance,
                         transcript.text,
                         answered=False,
                     )
+                    self._mark_unanswered(utterance, transcript.text, message.id)
             except Exception:
                 logger.exception("call %s: storing unanswered speech failed", self.id)
+
+    def _mark_unanswered(self, utterance: Utterance, text: str, message_id: uuid.UUID) -> None:
+        if self._recording is not None:
+            self._recording.transcript(*self._arrival_span(utterance), text, message_id)
+
+    def _arrival_span(self, utterance: Utterance) -> tuple[float, float]:
+        """Return when the utterance's first and last speech arrived (monotonic seconds)."""
+        return (
+            self._inbound.arrival_time(utterance.start_s),
+            self._inbound.arrival_time(utterance.speech_end_s),
+        )

@@ -240,6 +240,11 @@ class CallResult:
     cues: list[CueResult] = field(default_factory=list)
     # When the frame holding the end of the file's speech was sent.
     speech_end_sent_at: float | None = None
+    # When the first audible reply sample after that speech was heard.
+    first_reply_heard_at: float | None = None
+    # When the offer was sent and when the caller hung up (monotonic seconds).
+    offer_sent_at: float | None = None
+    hung_up_at: float | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -474,6 +479,8 @@ class _CallParts:
     recorder: ReplyRecorder
     log: EventLog
     speaker: CueSpeaker
+    offer_sent_at: float | None = None
+    hung_up_at: float | None = None
 
 
 async def place_call(
@@ -523,6 +530,8 @@ async def place_call(
     pc.on("track", lambda remote: tasks.append(asyncio.create_task(recorder.run(remote))))
 
     try:
+        await pc.setLocalDescription(await pc.createOffer())
+        call.offer_sent_at = time.monotonic()
         answer = await _negotiate(pc, server_url, token, conversation_id, level)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
         # The same short receive buffer as the server's: 40 ms, close to a browser's.
@@ -539,6 +548,7 @@ async def place_call(
             await _wait_until(lambda: hang_up_when(log.events), waiting, timeout_s)
     finally:
         await speaker.close()
+        call.hung_up_at = time.monotonic()
         await pc.close()
         for task in tasks:
             task.cancel()
@@ -585,6 +595,9 @@ def _call_result(conversation_id: str, call: _CallParts) -> CallResult:
         frames=recorder.frames,
         cues=call.speaker.results,
         speech_end_sent_at=track.speech_end_sent_at,
+        first_reply_heard_at=first_at,
+        offer_sent_at=call.offer_sent_at,
+        hung_up_at=call.hung_up_at,
     )
 
 
@@ -595,7 +608,7 @@ async def _negotiate(
     conversation_id: str | None,
     level: str | None,
 ) -> dict[str, Any]:
-    await pc.setLocalDescription(await pc.createOffer())
+    """Send the local description as the offer; return the server's answer."""
     body: dict[str, Any] = {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
     if conversation_id:
         body["conversationId"] = conversation_id

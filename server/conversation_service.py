@@ -7,6 +7,7 @@ are published on the event bus (stored, then fanned out); reads return JSON-read
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Callable
@@ -71,6 +72,7 @@ SETTINGS_FIELDS = {
     "maxContextTokens": "max_context_tokens",
     "autoSummarize": "auto_summarize",
     "summarizeThreshold": "summarize_threshold",
+    "recordCalls": "record_calls",
 }
 MEMORY_FIELDS = {
     "memoryStrategy",
@@ -143,7 +145,7 @@ class ConversationService:
             level=level or "A1",
             metadata=metadata,
             settings={
-                SETTINGS_FIELDS[name]: value for name, value in request.memory_settings().items()
+                SETTINGS_FIELDS[name]: value for name, value in request.given_settings().items()
             },
         )
         origin = subscribe(row["id"]) if subscribe is not None else None
@@ -403,6 +405,10 @@ class ConversationService:
         self._services.memory.forget(conversation_id)
         file_ids = await store.delete_conversation(self._pool, conversation_id)
         removed = await self._services.audio_files.delete(file_ids)
+        # The calls ended above, so no recording of the conversation is still writing.
+        removed += await asyncio.to_thread(
+            self._services.recording_files.delete_conversation, conversation_id
+        )
         # The log went with the conversation, so this notice carries no seq.
         self._services.bus.notify(conversation_id, "conversation:deleted", {})
         logger.info(

@@ -21,6 +21,8 @@ ERROR_CODES = (
     "conversation_busy",
     "audio_not_ready",
     "too_large",
+    "range_not_satisfiable",
+    "recording_active",
     "rate_limited",
     "llm_unavailable",
     "stt_failed",
@@ -49,6 +51,10 @@ class ParleyError(Exception):
 
     def to_json(self) -> dict[str, str]:
         return {"error": self.message, "code": self.code}
+
+    def headers(self) -> dict[str, str]:
+        """Return the HTTP headers an error response carries besides its JSON body."""
+        return {}
 
 
 class ClientError(ParleyError):
@@ -89,6 +95,24 @@ class InvalidTransitionError(ClientError):
 class RateLimitedError(ClientError):
     code = "rate_limited"
     http_status = 429
+
+
+class RangeNotSatisfiableError(ClientError):
+    code = "range_not_satisfiable"
+    http_status = 416
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.size = size
+
+    def headers(self) -> dict[str, str]:
+        # A 416 names the representation's size, so the client can ask again.
+        return {"Content-Range": f"bytes */{self.size}"}
+
+
+class RecordingActiveError(ClientError):
+    code = "recording_active"
+    http_status = 409
 
 
 class ServiceError(ParleyError):

@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from media.recording import CHANNELS as RECORDING_CHANNELS
+from media.recording import RATE_HZ as RECORDING_RATE_HZ
+
 if TYPE_CHECKING:
     from server.chunking import ReplyChunk
     from storage.conversations import StoredMessage
@@ -42,6 +45,7 @@ def conversation_json(row: asyncpg.Record) -> dict[str, Any]:
             "autoSummarize": row["auto_summarize"],
             "summarizeThreshold": row["summarize_threshold"],
             "aiSettings": row["ai_settings"] or {},
+            "recordCalls": row["record_calls"],
         },
     }
 
@@ -172,3 +176,28 @@ def key_fact_json(fact: KeyFact) -> dict[str, Any]:
         "confidence": fact.confidence,
         "extractedAt": _iso(fact.extracted_at),
     }
+
+
+def recording_json(row: asyncpg.Record) -> dict[str, Any]:
+    """A recording as clients see it; with its timeline when the row has one."""
+    recording_id = str(row["id"])
+    body: dict[str, Any] = {
+        "id": recording_id,
+        "conversationId": str(row["conversation_id"]),
+        "callId": row["call_id"],
+        "status": row["status"],
+        "startedAt": _iso(row["started_at"]),
+        "endedAt": _iso(row["ended_at"]),
+        "durationMs": row["duration_ms"],
+        "audio": {
+            "url": f"/api/recordings/{recording_id}/audio",
+            "format": row["audio_format"],
+            "sampleRateHz": RECORDING_RATE_HZ,
+            "channels": list(RECORDING_CHANNELS),
+            "sizeBytes": row["size_bytes"],
+        },
+    }
+    timeline = row.get("timeline")
+    if timeline is not None:
+        body["timeline"] = timeline
+    return body

@@ -76,18 +76,25 @@ class MemoryFields(Model):
     summarizeThreshold: int | None = Field(default=None, ge=2, le=10_000)
 
 
-class CreateConversation(MemoryFields):
+class ConversationSettings(MemoryFields):
+    """A conversation's settings shared by create and update, beside title and level."""
+
+    # Record this conversation's calls (when the server records calls at all).
+    recordCalls: bool | None = None
+
+
+class CreateConversation(ConversationSettings):
     title: Title | None = None
     level: Level | None = None
     templateId: uuid.UUID | None = None
 
     _storable = field_validator("title")(_check_storable)
 
-    def memory_settings(self) -> dict[str, Any]:
-        """Return the memory settings given, by their field names."""
+    def given_settings(self) -> dict[str, Any]:
+        """Return the memory and recording settings given, by their field names."""
         return {
             name: getattr(self, name)
-            for name in MemoryFields.model_fields
+            for name in ConversationSettings.model_fields
             if getattr(self, name) is not None
         }
 
@@ -141,7 +148,7 @@ class AiSettings(Model):
     model: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = None
 
 
-class SettingsChange(MemoryFields):
+class SettingsChange(ConversationSettings):
     """Conversation settings to change; a field left out keeps its value."""
 
     title: Title | None = None

@@ -358,6 +358,7 @@ class ReplyPipeline:
             pause_after_s,
             on_start=self._on_audio_start,
             on_end=lambda _at: self._playout_progress.set(),
+            details=lambda: self._chunk_details(state),
         )
         state.speech = queued
         await self._track.enqueue(queued)
@@ -415,6 +416,18 @@ class ReplyPipeline:
             "chunk:audio-ready",
             chunk_audio_json(state.chunk_id, self._message.id, file_id, duration_s),
         )
+
+    def _chunk_details(self, state: ChunkState) -> dict[str, Any]:
+        """Describe a chunk for a recording's timeline."""
+        chunk = state.chunk
+        return {
+            "chunkId": str(state.chunk_id),
+            "messageId": str(self._message.id) if self._message is not None else None,
+            "index": chunk.index,
+            "text": chunk.text,
+            "emotion": chunk.emotion,
+            "icon": chunk.icon,
+        }
 
     def _on_audio_start(self, at: float) -> None:
         self._clock.mark("first_audio_sent", at)

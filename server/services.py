@@ -23,6 +23,7 @@ from server.settings import Settings, SettingsError
 from storage.audio_files import AudioFileStore
 from storage.chunks import recover_interrupted_replies
 from storage.database import Database, open_database
+from storage.recording_files import RecordingFiles
 
 if TYPE_CHECKING:
     from server.call_session import CallSession
@@ -38,6 +39,7 @@ class Services:
     settings: Settings
     database: Database
     audio_files: AudioFileStore
+    recording_files: RecordingFiles
     stt: SpeechToText
     tts: TextToSpeech
     llm: ChatModel
@@ -117,6 +119,7 @@ async def open_services(settings: Settings) -> Services:
         settings=settings,
         database=database,
         audio_files=AudioFileStore(settings.audio_dir),
+        recording_files=RecordingFiles(settings.recordings_dir),
         stt=stt,
         tts=tts,
         llm=llm,
@@ -128,6 +131,7 @@ async def open_services(settings: Settings) -> Services:
     from server.conversation_service import ConversationService
     from server.memory.setup import open_memory
     from server.messaging import MessageService
+    from server.recordings import recover_recordings
 
     try:
         services.memory = await open_memory(settings, llm, database.pool, services.bus)
@@ -139,6 +143,7 @@ async def open_services(settings: Settings) -> Services:
         raise
     services.conversations = ConversationService(services)
     services.messages = MessageService(services)
+    await recover_recordings(services)
     services.memory.start()
     return services
 

@@ -32,6 +32,8 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path(platformdirs.user_data_dir("parley")))
     database_url: str | None = None
     db_pool_max_size: int = 10
+    # Record every call whose conversation allows it (docs/recording.md).
+    record_calls: bool = True
 
     # Language model: "auto" uses Ollama when it responds at ollama_host, else llama.cpp.
     llm_backend: str = "auto"
@@ -149,6 +151,10 @@ class Settings:
         return self.data_dir / "audio"
 
     @property
+    def recordings_dir(self) -> Path:
+        return self.data_dir / "recordings"
+
+    @property
     def postgres_dir(self) -> Path:
         return self.data_dir / "postgres"
 
@@ -248,6 +254,8 @@ _ENV_NAMES = {"database_url": "DATABASE_URL", "ollama_host": "OLLAMA_HOST"}
 
 def _convert(name: str, raw: str, type_name: Any) -> Any:
     kind = str(type_name)
+    if kind == "bool":
+        return _convert_bool(name, raw)
     try:
         if kind == "int":
             return int(raw)
@@ -260,3 +268,12 @@ def _convert(name: str, raw: str, type_name: Any) -> Any:
     except ValueError as exc:
         raise SettingsError(f"{name}={raw!r} is invalid: expected {kind}") from exc
     return raw
+
+
+def _convert_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={raw!r} is invalid: expected true or false")

@@ -25,7 +25,7 @@ class StoredMessage:
 CONVERSATION_COLUMNS = """
     id, user_id, title, level, status, metadata, created_at, updated_at, last_message_at,
     memory_strategy, max_context_messages, max_context_tokens, auto_summarize,
-    summarize_threshold, ai_settings, last_message_seq, last_event_seq
+    summarize_threshold, ai_settings, record_calls, last_message_seq, last_event_seq
 """
 
 # Settings a client may change with conversation:update, by column name.
@@ -38,6 +38,7 @@ SETTINGS_COLUMNS = (
     "max_context_tokens",
     "auto_summarize",
     "summarize_threshold",
+    "record_calls",
 )
 
 

@@ -18,7 +18,7 @@ from storage.users import UserExistsError, create_user, issue_token, token_diges
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 ALEMBIC = REPO_DIR / ".venv" / "bin" / "alembic"
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 
 TABLES = {
     "users",
@@ -35,6 +35,7 @@ TABLES = {
     "conversation_branches",
     "message_reactions",
     "message_embeddings",
+    "recordings",
 }
 
 # (constraint, table, pg_constraint.contype): "c" is CHECK, "u" is UNIQUE.

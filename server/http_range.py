@@ -1,0 +1,42 @@
+"""Single byte ranges of HTTP Range requests (RFC 9110, section 14), for seeking in audio."""
+
+from __future__ import annotations
+
+import re
+
+from server.errors import RangeNotSatisfiableError
+
+_SINGLE_RANGE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})")
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """Return the (first, last) bytes, inclusive, that a Range header asks for in a file of
+    size bytes, or None to send the whole file.
+
+    A header that is missing, malformed or asks for several ranges gets the whole file, as
+    the RFC allows a server to ignore Range. A valid range that starts past the end raises
+    RangeNotSatisfiableError (416).
+    """
+    if header is None:
+        return None
+    match = _SINGLE_RANGE.fullmatch(header.strip())
+    if match is None:
+        return None
+    first_text, last_text = match.groups()
+    if not first_text:
+        if not last_text:
+            return None
+        # A suffix range: the last n bytes.
+        suffix = int(last_text)
+        if suffix == 0 or size == 0:
+            raise RangeNotSatisfiableError(f"range {header!r} selects no bytes", size)
+        return max(0, size - suffix), size - 1
+    first = int(first_text)
+    last = int(last_text) if last_text else size - 1
+    if last < first:
+        return None
+    if first >= size:
+        raise RangeNotSatisfiableError(
+            f"range {header!r} starts at or past the end of the {size} bytes", size
+        )
+    return first, min(last, size - 1)

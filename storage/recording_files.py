@@ -1,0 +1,100 @@
+"""Recording files on disk: `<root>/<conversation id>/<recording id>.ogg` and its timeline
+journal `<recording id>.timeline.jsonl`. One folder per conversation, so deleting a
+conversation removes every file of its recordings, whatever the rows say."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import av
+
+logger = logging.getLogger(__name__)
+
+
+class RecordingFiles:
+    """Paths under root, and the blocking file work on them (run it in a worker thread)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def new_paths(self, conversation_id: uuid.UUID, recording_id: uuid.UUID) -> tuple[str, str]:
+        """Create the conversation's folder; return the new recording's audio and journal
+        paths, relative to root."""
+        (self.root / str(conversation_id)).mkdir(parents=True, exist_ok=True)
+        base = f"{conversation_id}/{recording_id}"
+        return f"{base}.ogg", f"{base}.timeline.jsonl"
+
+    def resolve(self, relative: str) -> Path:
+        """Return the absolute path of a stored relative path, which must stay under root."""
+        path = (self.root / relative).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise ValueError(f"recording path {relative!r} leaves {self.root}")
+        return path
+
+    def read_journal(self, relative: str) -> list[dict[str, Any]]:
+        """Return the timeline entries in a journal, sorted by atMs. A line cut short by a
+        crash is skipped; a missing journal has no entries."""
+        path = self.resolve(relative)
+        entries = []
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        for number, line in enumerate(lines, 1):
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                logger.warning("%s: skipping unreadable timeline line %d", path, number)
+                continue
+            if isinstance(entry, dict):
+                entries.append(entry)
+        entries.sort(key=lambda entry: entry.get("atMs", 0))
+        return entries
+
+    def remove_journal(self, relative: str) -> None:
+        self.resolve(relative).unlink(missing_ok=True)
+
+    def measure(self, relative: str) -> tuple[int, int]:
+        """Decode a recording to measure it; return (duration in ms, size in bytes).
+
+        A file cut short by a crash decodes up to its last whole page. A file that cannot
+        be decoded at all measures 0 ms.
+        """
+        path = self.resolve(relative)
+        if not path.is_file():
+            return 0, 0
+        samples = 0
+        rate = 48000
+        try:
+            with av.open(str(path)) as container:
+                stream = container.streams.audio[0]
+                rate = stream.rate or rate
+                for frame in container.decode(stream):
+                    samples += frame.samples
+        except (av.FFmpegError, IndexError) as exc:
+            logger.warning("%s: decoding stopped after %d samples: %s", path, samples, exc)
+        return round(samples * 1000 / rate), path.stat().st_size
+
+    def delete(self, relative_paths: list[str]) -> int:
+        """Remove files; return how many existed."""
+        removed = 0
+        for relative in relative_paths:
+            path = self.resolve(relative)
+            if path.is_file():
+                path.unlink()
+                removed += 1
+        return removed
+
+    def delete_conversation(self, conversation_id: uuid.UUID) -> int:
+        """Remove the conversation's folder; return how many files it held."""
+        folder = self.root / str(conversation_id)
+        if not folder.is_dir():
+            return 0
+        count = sum(1 for path in folder.iterdir() if path.is_file())
+        shutil.rmtree(folder)
+        return count
