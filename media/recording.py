@@ -256,6 +256,8 @@ class _OpusWriter:
         self._stream = self._container.add_stream("libopus", rate=RATE_HZ)
         self._stream.layout = "stereo"
         self._stream.bit_rate = OPUS_BIT_RATE
+        # The headers go out now, so even a recording that ends at once is a valid file.
+        self._container.start_encoding()
         self.samples_written = 0
 
     def write_ready(self, caller: _Channel, parley: _Channel, end: int | None = None) -> None:

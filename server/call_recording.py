@@ -174,6 +174,7 @@ class CallRecording:
         files = services.recording_files
         outcome = await asyncio.to_thread(self._recorder.close, end_at)
         timeline = await asyncio.to_thread(files.read_journal, self._journal_path)
+        clamp_timeline(timeline, outcome.duration_ms)
         row = await finish_recording(
             services.pool,
             self.id,
@@ -204,3 +205,12 @@ class CallRecording:
             outcome.dropped_items,
         )
 
+
+
+def clamp_timeline(timeline: list[dict[str, Any]], duration_ms: int) -> None:
+    """Keep every offset within the recording. The reply track runs a frame or two past the
+    call's end, so a chunk that the end cut may have ended just after it."""
+    for entry in timeline:
+        for key in ("atMs", "endMs"):
+            if isinstance(entry.get(key), int):
+                entry[key] = min(entry[key], duration_ms)

@@ -32,11 +32,11 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
             raise RangeNotSatisfiableError(f"range {header!r} selects no bytes", size)
         return max(0, size - suffix), size - 1
     first = int(first_text)
-    last = int(last_text) if last_text else size - 1
-    if last < first:
+    last = int(last_text) if last_text else None
+    if last is not None and last < first:
         return None
     if first >= size:
         raise RangeNotSatisfiableError(
             f"range {header!r} starts at or past the end of the {size} bytes", size
         )
-    return first, min(last, size - 1)
+    return first, size - 1 if last is None else min(last, size - 1)

@@ -14,6 +14,7 @@ from typing import IO, Any
 
 import asyncpg
 
+from server.call_recording import clamp_timeline
 from server.errors import NotFoundError, RecordingActiveError
 from server.json_views import recording_json
 from server.services import Services
@@ -103,6 +104,8 @@ async def recover_recordings(services: Services) -> None:
         try:
             duration_ms, size = await asyncio.to_thread(files.measure, row["audio_path"])
             timeline = await asyncio.to_thread(files.read_journal, row["journal_path"])
+            # The journal may run ahead of the audio: the last Ogg page was lost.
+            clamp_timeline(timeline, duration_ms)
             await store.finish_recording(
                 services.pool,
                 row["id"],

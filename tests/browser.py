@@ -136,6 +136,19 @@ class ParleyPage:
                 f"timed out after {timeout_s} s waiting for `{expression}`\n" + self.diagnostics()
             ) from None
 
+    async def wait_for_value(self, function: str, arg: Any, timeout_s: float) -> Any:
+        """Wait until the JavaScript function, called with arg, returns a truthy value; return
+        that value."""
+        try:
+            handle = await self.page.wait_for_function(function, arg=arg, timeout=timeout_s * 1000)
+        except Exception:
+            await self.screenshot("timed-out")
+            raise AssertionError(
+                f"timed out after {timeout_s} s waiting for `{function}` with {arg!r}\n"
+                + self.diagnostics()
+            ) from None
+        return await handle.json_value()
+
     async def state(self, expression: str) -> Any:
         """Evaluate a JavaScript expression in which `state` is window.parleyStore.state."""
         return await self.page.evaluate(

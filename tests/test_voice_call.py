@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 import wave
@@ -12,11 +13,16 @@ import aiohttp
 import numpy as np
 import pytest
 
+from bench.stt_window import word_error_rate
 from media.frames import read_audio_file, write_wav
 from server.caller import AUDIBLE_PEAK, CallResult, place_call
 from tests.conftest import RunningServer, speech_file, start_server, stop_server
 
 JFK = "jfk_inaugural_1961_male_en.wav"
+JFK_WORDS = (
+    "And so my fellow Americans ask not what your country can do for you"
+    " ask what you can do for your country."
+)
 # One sentence with no long pause inside, so one turn.
 SENTENCE = "librispeech_251-137823-0003_en.wav"
 
@@ -69,7 +75,8 @@ async def test_sentence_events_arrive_in_order(sentence_call: CallResult) -> Non
     types = event_types(sentence_call)
     received = events_of(sentence_call, "message:received")
     assert types[0] == "conversation:created", "the call's channel starts at the log's seq 1"
-    assert types[1] == "message:received"
+    assert types[1] == "recording:started"
+    assert types[2] == "message:received"
     assert received[0]["role"] == "user"
     assert types[-2:] == ["message:received", "turn:metrics"]
     assert received[-1]["role"] == "assistant"
@@ -139,11 +146,21 @@ async def test_sentence_turn_is_stored(
         )
         assert row["icon"]
 
-    stored_events = await pool.fetchval(
-        "SELECT count(*) FROM conversation_events WHERE conversation_id = $1",
-        assistant["conversation_id"],
-    )
-    assert stored_events == len(logged(sentence_call))
+    # The server stops the recording just after the caller hangs up.
+    stored_events = []
+    for _ in range(50):
+        stored_events = await pool.fetch(
+            "SELECT event_type FROM conversation_events WHERE conversation_id = $1 ORDER BY seq",
+            assistant["conversation_id"],
+        )
+        if stored_events[-1]["event_type"] == "recording:stopped":
+            break
+        await asyncio.sleep(0.1)
+    # The caller hung up before the recording stopped, so it never got that last event.
+    assert [row["event_type"] for row in stored_events] == [
+        *event_types(sentence_call),
+        "recording:stopped",
+    ]
 
 
 async def test_stored_audio_is_served(
@@ -188,7 +205,7 @@ async def test_silence_makes_no_turn(embedded_server: RunningServer) -> None:
         token=embedded_server.token,
         audio_path=str(speech_file("generated_silence_10s_16k.wav")),
     )
-    assert event_types(result) == ["conversation:created"]
+    assert event_types(result) == ["conversation:created", "recording:started"]
     pool = await embedded_server.db()
     count = await pool.fetchval(
         "SELECT count(*) FROM messages WHERE conversation_id = $1",
@@ -223,9 +240,9 @@ async def test_monologue_is_cut_and_every_part_answered(
     replies = [data for data in received if data["role"] == "assistant"]
     assert len(user_turns) >= 3, "11 s of speech with a 4 s maximum makes at least 3 turns"
     assert len(replies) == len(user_turns)
-    words = normalise(result.user_transcript)
-    for phrase in ("fellow americans", "ask not", "your country"):
-        assert phrase in words
+    # Cuts at the maximum length may cost a word at each boundary, never a phrase.
+    error_rate = word_error_rate(JFK_WORDS, result.user_transcript)
+    assert error_rate <= 0.25, f"{result.user_transcript!r}"
 
 
 async def test_long_pauses_keep_every_word(embedded_server: RunningServer) -> None:
@@ -240,6 +257,6 @@ async def test_long_pauses_keep_every_word(embedded_server: RunningServer) -> No
     user_turns = [data for data in received if data["role"] == "user"]
     replies = [data for data in received if data["role"] == "assistant"]
     assert len(replies) == len(user_turns) >= 1
-    words = normalise(result.user_transcript)
-    for phrase in ("fellow americans", "ask not what your country can do for you", "your country"):
-        assert phrase in words
+    # tiny.en may mishear a word ("as not"), but a lost phrase is five words or more.
+    error_rate = word_error_rate(JFK_WORDS, result.user_transcript)
+    assert error_rate <= 0.1, f"{result.user_transcript!r}"

@@ -4,6 +4,9 @@ import { CallSession } from './call.js';
 import { ConversationStore } from './conversation_store.js';
 import { ConversationUI } from './conversation_ui.js';
 import { EventBus } from './event_bus.js';
+import { RecordingListView } from './recording_list_view.js';
+import { Recordings } from './recordings.js';
+import { ReplayView } from './replay_view.js';
 
 const TOKEN_KEY = 'parleyToken';
 const CONVERSATION_KEY = 'parleyConversationId';
@@ -17,6 +20,7 @@ let token = '';
 let bus = null;
 let audioQueue = null;
 let call = null;
+let recordings = null;
 
 const actions = {
   signIn,
@@ -26,6 +30,11 @@ const actions = {
   sendMessage,
   setStatus,
   setMemoryStrategy,
+  setRecordCalls,
+  replayRecording,
+  deleteRecording: (recordingId) => recordings && recordings.remove(recordingId),
+  recordingExportUrl: (recordingId) => recordings.fileUrl(recordingId, 'export'),
+  replayConversation,
   search,
   startCall,
   hangUp,
@@ -36,6 +45,8 @@ const actions = {
 };
 
 new ConversationUI(store, actions);
+new RecordingListView(store, actions);
+const replayView = new ReplayView({ onError: (message) => store.setError(message) });
 
 async function signIn(candidate) {
   if (!candidate) {
@@ -64,13 +75,16 @@ async function signIn(candidate) {
 function signOut() {
   hangUp();
   if (audioQueue) audioQueue.stop();
+  replayView.close();
   if (bus) bus.close();
   bus = null;
   token = '';
   sessionStorage.removeItem(TOKEN_KEY);
   sessionStorage.removeItem(CONVERSATION_KEY);
   store.closeConversation();
-  store.update({ userName: '', conversations: [], searchResults: null, error: '' });
+  store.update({
+    userName: '', conversations: [], searchResults: null, activeRecordings: {}, error: '',
+  });
 }
 
 function startBus() {
@@ -79,8 +93,10 @@ function startBus() {
     onChange: (changes) => store.setAudio(changes),
     onError: (message) => store.addLog(message, true),
   });
+  recordings = new Recordings({ store, token, replayView });
   bus = new EventBus({ token });
   registerHandlers(bus);
+  recordings.register(bus);
   bus.connect();
 }
 
@@ -174,6 +190,7 @@ async function openConversation(conversationId) {
   const previousId = store.state.currentId;
   if (previousId && previousId !== conversationId) {
     audioQueue.stop();
+    replayView.close();
     const callOwnsPrevious = call && call.conversationId === previousId;
     if (!callOwnsPrevious) bus.send('conversation:unsubscribe', { conversationId: previousId });
   }
@@ -182,6 +199,7 @@ async function openConversation(conversationId) {
   try {
     await bus.loadConversation(conversationId);
     store.update({ error: '' });
+    recordings.refresh(conversationId);
   } catch (error) {
     store.update({ loading: false });
     if (error.code === 'not_found') {
@@ -241,6 +259,42 @@ async function setMemoryStrategy(memoryStrategy) {
   }
 }
 
+// One audio plays at a time: the recording replaces any reply the queue is playing.
+function replayRecording(recordingId) {
+  if (!recordings) return;
+  audioQueue.stop();
+  recordings.replay(recordingId);
+}
+
+async function setRecordCalls(recordCalls) {
+  const conversationId = store.state.currentId;
+  if (!conversationId) return;
+  try {
+    await bus.request('conversation:update', { conversationId, recordCalls });
+    store.update({ error: '' });
+  } catch (error) {
+    store.setError(`changing whether calls are recorded failed: ${error.message}`);
+  }
+}
+
+// Play the stored chunk audio of the open conversation's replies again, oldest first, on
+// the queue that plays live replies, so Pause, Skip and Stop act on it too.
+function replayConversation() {
+  if (!audioQueue) return;
+  const replies = store.state.messages
+    .filter((message) => message.role === 'assistant' && message.chunks)
+    // Every chunk goes to the queue, since it plays them by chunkIndex: it skips a chunk
+    // without audio once the reply is finished.
+    .map((message) => ({ messageId: message.messageId, chunks: message.chunks }))
+    .filter((reply) => reply.chunks.some((chunk) => chunk.audioUrl));
+  if (replies.length === 0) {
+    store.setError('this conversation has no spoken replies to replay yet');
+    return;
+  }
+  replayView.pause();
+  audioQueue.replay(TUTOR, replies);
+}
+
 async function search(query) {
   try {
     const answer = await bus.request('conversation:search', { query });
@@ -253,6 +307,7 @@ async function search(query) {
 async function startCall(rawAudio) {
   if (call) return;
   audioQueue.stop();
+  replayView.pause();
   const session = new CallSession({
     token,
     conversationId: store.state.currentId,
@@ -290,6 +345,8 @@ function handleCallState(session, changes) {
     store.update({ pendingReplies: 0 });
     // A transcript line still shown now may never get its message, so it would stay.
     store.clearInterims();
+    // recording:stopped may have been lost with the data channel.
+    if (session.conversationId) store.stopRecording(session.conversationId);
     if (bus) bus.detachChannel();
   }
 }

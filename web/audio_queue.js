@@ -214,6 +214,22 @@ export class AudioQueueManager {
     if (queue && queue.hasReply(messageId)) queue.finishReply(messageId, chunks);
   }
 
+  // Play stored replies again, in the order given, with each chunk's pause after it. Audio
+  // playing now stops first. Replies the user stopped before may play again.
+  replay(speaker, replies) {
+    this.stop();
+    if (this.paused) this.setPaused(false);
+    const queue = this.queue(speaker);
+    // The stopped chunk's pause would only delay the first replayed chunk.
+    clearTimeout(queue.pauseTimer);
+    queue.pauseTimer = null;
+    for (const { messageId, chunks } of replies) {
+      queue.stoppedMessageIds.delete(messageId);
+      for (const chunk of chunks) queue.addChunk(messageId, { ...chunk });
+      queue.finishReply(messageId, chunks);
+    }
+  }
+
   setMuted(muted) {
     this.muted = muted;
     for (const queue of this.queues.values()) {

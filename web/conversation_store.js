@@ -25,6 +25,13 @@ export class ConversationStore {
       pendingReplies: 0,
       // The data of the current conversation's latest memory:context-updated.
       memoryContext: null,
+      // The current conversation's recordings, newest first, without their timelines, and
+      // the conversation they were last loaded for (null until they are).
+      recordings: [],
+      recordingsFor: null,
+      // The data of recording:started for each conversation with a call being recorded now,
+      // by conversationId.
+      activeRecordings: {},
       searchResults: null,
       loading: false,
       error: '',
@@ -128,6 +135,8 @@ export class ConversationStore {
       turnMetrics: {},
       pendingReplies: 0,
       memoryContext: null,
+      recordings: [],
+      recordingsFor: null,
       loading: true,
     });
   }
@@ -141,6 +150,8 @@ export class ConversationStore {
       turnMetrics: {},
       pendingReplies: 0,
       memoryContext: null,
+      recordings: [],
+      recordingsFor: null,
     });
   }
 
@@ -273,6 +284,44 @@ export class ConversationStore {
 
   setCall(changes) {
     this.update({ call: { ...this.state.call, ...changes } });
+  }
+
+  // Recorded calls.
+
+  setRecordings(conversationId, recordings) {
+    if (conversationId !== this.state.currentId) return;
+    // A list read while a call runs shows its recording, which this page may have missed
+    // the recording:started of (after a reload, for example).
+    const running = recordings.find((recording) => recording.status === 'recording');
+    const active = this.state.activeRecordings[conversationId];
+    const changes = { recordings, recordingsFor: conversationId };
+    if (running && !active) {
+      changes.activeRecordings = {
+        ...this.state.activeRecordings,
+        [conversationId]: { conversationId, recordingId: running.id, callId: running.callId },
+      };
+    }
+    this.update(changes);
+  }
+
+  removeRecording(recordingId) {
+    const recordings = this.state.recordings.filter((recording) => recording.id !== recordingId);
+    this.update({ recordings });
+  }
+
+  startRecording(data) {
+    const activeRecordings = { ...this.state.activeRecordings, [data.conversationId]: data };
+    this.update({ activeRecordings });
+  }
+
+  // Forget the running recording of a conversation: the one named, or any when the
+  // recordingId is null (the page's own call into that conversation ended).
+  stopRecording(conversationId, recordingId = null) {
+    const active = this.state.activeRecordings[conversationId];
+    if (!active || (recordingId !== null && active.recordingId !== recordingId)) return;
+    const activeRecordings = { ...this.state.activeRecordings };
+    delete activeRecordings[conversationId];
+    this.update({ activeRecordings });
   }
 }
 

@@ -15,6 +15,7 @@ export class ConversationUI {
     this.store = store;
     this.actions = actions;
     this.element = (id) => document.getElementById(id);
+    this.scrolledToChunkId = null;
     this.bindInputs();
     store.subscribe((state) => this.render(state));
   }
@@ -67,6 +68,9 @@ export class ConversationUI {
     this.element('pause-audio').addEventListener('click', () => actions.togglePauseAudio());
     this.element('skip').addEventListener('click', () => actions.skipAudio());
     this.element('stop-audio').addEventListener('click', () => actions.stopAudio());
+    this.element('replay-conversation').addEventListener('click', () => {
+      actions.replayConversation();
+    });
 
     this.element('call').addEventListener('click', () => {
       actions.startCall(this.element('raw-audio').checked);
@@ -182,6 +186,11 @@ export class ConversationUI {
       message, playing, state.turnMetrics[message.messageId]));
     items.push(...state.interims.map(renderInterim));
     this.element('messages').replaceChildren(...items);
+    if (playing && playing !== this.scrolledToChunkId) {
+      const current = this.element('messages').querySelector('li.is-current');
+      if (current) current.scrollIntoView({ block: 'nearest' });
+    }
+    this.scrolledToChunkId = playing;
   }
 
   renderLive(state) {
@@ -191,6 +200,10 @@ export class ConversationUI {
     label.textContent = live;
     this.element('mute').textContent = state.audio.muted ? 'Unmute' : 'Mute';
     this.element('pause-audio').textContent = state.audio.paused ? 'Resume audio' : 'Pause audio';
+    // During a call the tutor speaks on the call's track, so a replay would talk over it.
+    const spoken = state.messages.some((message) => message.role === 'assistant'
+      && (message.chunks || []).some((chunk) => chunk.audioUrl));
+    this.element('replay-conversation').disabled = !spoken || state.call.state !== 'idle';
   }
 
   renderLog(state) {

@@ -24,6 +24,11 @@ export function renderMessage(message, playingChunkId, turnMetrics) {
   const item = document.createElement('li');
   item.className = message.role;
   item.dataset.messageId = message.messageId;
+  // The reply being heard, live or replayed, is the current item.
+  if (playingChunkId && (message.chunks || []).some((c) => c.chunkId === playingChunkId)) {
+    item.classList.add('is-current');
+    item.setAttribute('aria-current', 'true');
+  }
   item.append(roleLabel(message));
   if (message.role === 'assistant' && message.chunks && message.chunks.length > 0) {
     item.append(...replyChunks(message, playingChunkId));
