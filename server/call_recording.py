@@ -126,9 +126,7 @@ class CallRecording:
             endOfTurn=end_of_turn,
         )
 
-    def transcript(
-        self, start_at: float, end_at: float, text: str, message_id: uuid.UUID
-    ) -> None:
+    def transcript(self, start_at: float, end_at: float, text: str, message_id: uuid.UUID) -> None:
         self._mark(
             "transcript",
             self.offset_ms(start_at),
@@ -204,7 +202,6 @@ class CallRecording:
             len(timeline),
             outcome.dropped_items,
         )
-
 
 
 def clamp_timeline(timeline: list[dict[str, Any]], duration_ms: int) -> None:

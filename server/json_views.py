@@ -178,8 +178,10 @@ def key_fact_json(fact: KeyFact) -> dict[str, Any]:
     }
 
 
-def recording_json(row: asyncpg.Record) -> dict[str, Any]:
-    """A recording as clients see it; with its timeline when the row has one."""
+def recording_json(
+    row: asyncpg.Record, timeline: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """A recording as clients see it; with a timeline when one is given or the row has one."""
     recording_id = str(row["id"])
     body: dict[str, Any] = {
         "id": recording_id,
@@ -197,7 +199,8 @@ def recording_json(row: asyncpg.Record) -> dict[str, Any]:
             "sizeBytes": row["size_bytes"],
         },
     }
-    timeline = row.get("timeline")
+    if timeline is None:
+        timeline = row.get("timeline")
     if timeline is not None:
         body["timeline"] = timeline
     return body

@@ -47,6 +47,23 @@ async def owned(
     return row
 
 
+async def with_timeline(
+    services: Services, user_id: uuid.UUID, recording_id: uuid.UUID
+) -> dict[str, Any]:
+    """Return the user's recording as JSON with its timeline. A running recording's
+    timeline is read from its journal, so it shows what has happened so far."""
+    row = await owned(services, user_id, recording_id, with_timeline=True)
+    return await _json_with_timeline(services, row)
+
+
+async def _json_with_timeline(services: Services, row: asyncpg.Record) -> dict[str, Any]:
+    timeline = None
+    if row["status"] == "recording":
+        files = services.recording_files
+        timeline = await asyncio.to_thread(files.read_journal, row["journal_path"])
+    return recording_json(row, timeline)
+
+
 async def audio_path(services: Services, user_id: uuid.UUID, recording_id: uuid.UUID) -> Path:
     row = await owned(services, user_id, recording_id, with_timeline=False)
     path = services.recording_files.resolve(row["audio_path"])
@@ -58,9 +75,7 @@ async def audio_path(services: Services, user_id: uuid.UUID, recording_id: uuid.
 async def delete(services: Services, user_id: uuid.UUID, recording_id: uuid.UUID) -> None:
     row = await owned(services, user_id, recording_id, with_timeline=False)
     if row["status"] == "recording":
-        raise RecordingActiveError(
-            f"recording {recording_id} is still running: end the call first"
-        )
+        raise RecordingActiveError(f"recording {recording_id} is still running: end the call first")
     deleted = await store.delete_recording(services.pool, recording_id)
     if deleted is None:
         raise NotFoundError(f"recording {recording_id} not found")
@@ -76,7 +91,8 @@ async def export_archive(
     timeline as JSON; the caller closes it, which deletes it."""
     row = await owned(services, user_id, recording_id, with_timeline=True)
     path = services.recording_files.resolve(row["audio_path"])
-    metadata = json.dumps(recording_json(row), ensure_ascii=False, indent=2)
+    body = await _json_with_timeline(services, row)
+    metadata = json.dumps(body, ensure_ascii=False, indent=2)
     return await asyncio.to_thread(_write_archive, path, metadata)
 
 

@@ -16,7 +16,6 @@ from server.app_keys import SERVICES_KEY
 from server.auth import authenticate
 from server.http_range import byte_range
 from server.json_body import parse_uuid
-from server.json_views import recording_json
 from server.services import Services
 
 
@@ -37,8 +36,9 @@ async def list_recordings(request: web.Request) -> web.Response:
 
 async def get_recording(request: web.Request) -> web.Response:
     services, user_id = await _user(request)
-    row = await recordings.owned(services, user_id, _recording_id(request), with_timeline=True)
-    return web.json_response(recording_json(row))
+    return web.json_response(
+        await recordings.with_timeline(services, user_id, _recording_id(request))
+    )
 
 
 async def recording_audio(request: web.Request) -> web.StreamResponse:

@@ -537,9 +537,7 @@ class ReplyPipeline:
         """Return where the reply stopped: the chunk cut (or the first one never spoken) and
         the offset into its audio."""
         reason = self._interrupt_reason or "cancelled"
-        stop = next(
-            (i for i, p in enumerate(playouts) if p.status != "spoken"), len(playouts) - 1
-        )
+        stop = next((i for i, p in enumerate(playouts) if p.status != "spoken"), len(playouts) - 1)
         heard_ms = sum(p.played_ms for p in playouts)
         return {
             "reason": reason,

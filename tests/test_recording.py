@@ -331,6 +331,18 @@ async def test_vanished_caller_leaves_playable_recording(recording_server: Any) 
         caller = await spawn_caller(server, conversation_id)
         try:
             await events.wait_for(lambda e: e["type"] == "chunk:audio-ready", timeout_s=60)
+            # While the call runs, the recording shows what has happened so far.
+            [running] = (
+                await get_json(server, f"/api/conversations/{conversation_id}/recordings")
+            )["recordings"]
+            assert running["status"] == "recording"
+            assert running["durationMs"] is None
+            so_far = await get_json(server, f"/api/recordings/{running['id']}")
+            assert [e["type"] for e in so_far["timeline"]][:2] == ["utterance", "transcript"]
+            status, _headers, head = await fetch_audio(
+                server, running["id"], {"Range": "bytes=0-3"}
+            )
+            assert (status, head) == (206, b"OggS")
             # Mid-reply: the first chunk is playing, the rest are still to come.
             await asyncio.sleep(1.0)
             vanished_at = time.monotonic()
