@@ -1,7 +1,7 @@
 """A call's recording: both directions in one stereo Ogg/Opus file, written as the call runs.
 
-The event loop only hands frames and timeline entries to a bounded queue; one worker thread
-per recording places them on the recording's clock, encodes and writes them. Nothing is
+The event loop only hands frames and timeline entries to a bounded queue. One worker thread
+per recording places them on the recording's clock, encodes them and writes them. Nothing is
 kept in memory beyond a fraction of a second of audio, and Ogg pages are closed at least
 every 200 ms, so a process that dies leaves a file that plays up to its last page.
 
@@ -49,7 +49,8 @@ MAX_TIMESTAMP_DRIFT_S = 0.2
 class RecordingOutcome:
     duration_ms: int
     size_bytes: int
-    # Items the queue had no room for: audio missing from the file, never delayed calls.
+    # Items the queue had no room for. Their audio is missing from the file, because the
+    # call's audio path never waits for the recorder.
     dropped_items: int
 
 
@@ -62,9 +63,9 @@ class _Channel:
         self.pending_samples = 0
 
     def place(self, samples: np.ndarray, position: int) -> None:
-        """Add samples that belong at position. A gap of more than a frame becomes
-        silence; an earlier or slightly later position continues at the cursor, so jitter
-        never cuts or spreads the audio."""
+        """Add samples that belong at position. A gap of more than a frame becomes silence.
+        An earlier or slightly later position continues at the cursor, so jitter neither
+        cuts nor spreads the audio."""
         if position > self.cursor + SAMPLES_PER_FRAME:
             self.fill_to(position)
         self._append(samples)
@@ -137,6 +138,11 @@ class CallRecorder:
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=f"{name}-recorder", daemon=True)
         self._thread.start()
+
+    @property
+    def queued_items(self) -> int:
+        """Items waiting for the worker thread."""
+        return self._queue.qsize()
 
     def offset_ms(self, at: float) -> int:
         """Return the recording's offset in ms of the monotonic time at."""

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 class CallRecording:
     """Feeds a CallRecorder from a call: the caller's frames, the reply track's frames and
-    speech (as a TrackObserver), and the call's events; finish() stores the row's end."""
+    speech (as a TrackObserver), and the call's events. finish() stores the row's end."""
 
     def __init__(
         self,
@@ -48,13 +48,13 @@ class CallRecording:
     async def start(
         cls, services: Services, conversation_id: uuid.UUID, call_id: str
     ) -> CallRecording | None:
-        """Start recording the call, unless the server or the conversation says not to."""
+        """Start recording the call, unless the server or the conversation disables recording."""
         if not services.settings.record_calls:
             return None
-        wanted = await services.pool.fetchval(
+        enabled = await services.pool.fetchval(
             "SELECT record_calls FROM conversations WHERE id = $1", conversation_id
         )
-        if not wanted:
+        if not enabled:
             return None
         files = services.recording_files
         recording_id = uuid.uuid4()

@@ -168,8 +168,8 @@ class CallSession:
             logger.info("call %s: closed", self.id)
 
     async def _start_recording(self) -> None:
-        """Record the call unless the server or the conversation says not to. Each part of
-        the call tells the recording what it sends, hears and decides. A recording that
+        """Record the call unless the server or the conversation disables recording. Each
+        part of the call reports to the recording what it sends, hears and decides. A recording that
         cannot start leaves the call unrecorded rather than failing it."""
         try:
             recording = await CallRecording.start(self._services, self.conversation_id, self.id)

@@ -38,7 +38,8 @@ async def list_for(services: Services, user_id: uuid.UUID, conversation_id: uuid
 async def owned(
     services: Services, user_id: uuid.UUID, recording_id: uuid.UUID, *, with_timeline: bool
 ) -> asyncpg.Record:
-    """Return the user's recording; another user's answers not found, like a missing one."""
+    """Return the user's recording. Another user's recording raises NotFoundError, like a
+    missing one."""
     row = await store.owned_recording(
         services.pool, recording_id, user_id, with_timeline=with_timeline
     )
