@@ -7,6 +7,7 @@ import asyncio
 import io
 import itertools
 import json
+import signal
 import sys
 import time
 import uuid
@@ -498,3 +499,45 @@ async def test_killed_server_leaves_playable_recording(
         0, utterance["atMs"] * rate // 1000 + rate // 2 : utterance["endMs"] * rate // 1000
     ]
     assert mean_level(speech) > 0.02
+
+
+async def test_stopped_server_finishes_recording(tmp_path: Path, postgres_admin_dsn: str) -> None:
+    standin = OllamaStandIn()
+    await standin.start()
+    standin.replies.append(LONG_REPLY)
+    server = await start_server(
+        tmp_path, postgres_admin_dsn, OLLAMA_HOST=standin.url, PARLEY_OLLAMA_MODEL=OLLAMA_MODEL
+    )
+    try:
+        stopped_at: list[float] = []
+
+        def stop_mid_reply(events: list[dict[str, Any]]) -> bool:
+            if not stopped_at and any(e["type"] == "chunk:audio-ready" for e in events):
+                server.process.send_signal(signal.SIGINT)
+                stopped_at.append(time.monotonic())
+            return bool(stopped_at)
+
+        call = await place_call(
+            server.url, str(speech_file(SENTENCE)), token=server.token, hang_up_when=stop_mid_reply
+        )
+        assert stopped_at, "the reply never started"
+        assert await asyncio.to_thread(server.process.wait, 30) == 0
+        db = await server.db()
+        row = await db.fetchrow(
+            "SELECT id, status, duration_ms, timeline FROM recordings WHERE conversation_id = $1",
+            uuid.UUID(call.conversation_id),
+        )
+    finally:
+        await stop_server(server)
+        await standin.stop()
+
+    assert row["status"] == "completed"
+    assert call.offer_sent_at is not None
+    call_ms = (stopped_at[0] - call.offer_sent_at) * 1000
+    assert abs(row["duration_ms"] - call_ms) <= 300
+    path = server.data_dir / "recordings" / call.conversation_id / f"{row['id']}.ogg"
+    audio, rate = decode_recording(path)
+    assert abs(audio.shape[1] / rate * 1000 - row["duration_ms"]) <= 30
+    chunks = entries(row["timeline"], "chunk")
+    assert chunks, "the chunk playing when the server stopped is missing"
+    assert chunks[-1]["status"] == "cut"
