@@ -120,7 +120,7 @@ def test_call_json_prints_summary(embedded_server: RunningServer) -> None:
     assert summary["reply_audio_seconds"] >= 0.3, summary
     # Interim transcripts are live only and may come anywhere before the message.
     logged = [name for name in summary["events"] if name != "transcript:interim"]
-    assert logged[:2] == ["conversation:created", "message:received"]
+    assert logged[:3] == ["conversation:created", "recording:started", "message:received"]
     assert summary["errors"] == []
 
 

@@ -71,6 +71,8 @@ async def test_call_and_errors_counted(chat_server: RunningServer) -> None:
             assert response.status == 400
         async with http.get(chat_server.url + "/api/me") as response:
             assert response.status == 401
+    # The server ends its side of the call (and its recording) just after the hang-up.
+    await chat_server.wait_for_idle()
     after = await scrape(chat_server)
 
     calls = ("parley_calls_total", ())

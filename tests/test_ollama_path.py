@@ -234,10 +234,11 @@ async def test_no_model_answers_llm_unavailable(tmp_path: Path, postgres_admin_d
     events = [e for e in result.events if e["type"] != "memory:context-updated" and "seq" in e]
     assert [e["type"] for e in events] == [
         "conversation:created",
+        "recording:started",
         "message:received",
         "conversation:error",
     ]
-    error = events[2]["data"]
+    error = events[3]["data"]
     assert error["code"] == "llm_unavailable"
     assert "Ollama" in error["error"]
     assert [m["role"] for m in messages] == ["user"]
