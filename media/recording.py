@@ -52,6 +52,8 @@ class RecordingOutcome:
     # Items the queue had no room for. Their audio is missing from the file, because the
     # call's audio path never waits for the recorder.
     dropped_items: int
+    # Frames handed over in either direction: none means the call never carried audio.
+    audio_items: int
 
 
 class _Channel:
@@ -133,6 +135,7 @@ class CallRecorder:
             maxsize=MAX_QUEUED_ITEMS
         )
         self._dropped = 0
+        self._audio_items = 0
         self._closed = False
         self._outcome: RecordingOutcome | None = None
         self._error: BaseException | None = None
@@ -150,10 +153,12 @@ class CallRecorder:
 
     def inbound(self, frame: av.AudioFrame, arrived_at: float) -> None:
         """Queue a frame of the caller's audio that arrived at the monotonic time arrived_at."""
+        self._audio_items += 1
         self._put(("inbound", frame, arrived_at))
 
     def outbound(self, samples: np.ndarray, due_at: float) -> None:
         """Queue 48 kHz mono samples sent in the frame due at the monotonic time due_at."""
+        self._audio_items += 1
         self._put(("outbound", samples, due_at))
 
     def mark(self, entry: dict[str, Any]) -> None:
@@ -241,7 +246,7 @@ class CallRecorder:
             writer.write_ready(caller, parley, end_position)
         size = writer.finish(caller, parley, end_position)
         duration_ms = round(writer.samples_written * 1000 / RATE_HZ)
-        return RecordingOutcome(duration_ms, size, self._dropped)
+        return RecordingOutcome(duration_ms, size, self._dropped, self._audio_items)
 
     def _position(self, at: float) -> int:
         return max(0, round((at - self.started_at) * RATE_HZ))

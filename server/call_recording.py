@@ -17,7 +17,7 @@ import numpy as np
 from media.recording import CallRecorder
 from media.tracks import QueuedSpeech
 from server.services import Services
-from storage.recordings import finish_recording, insert_recording
+from storage.recordings import discard_recording, finish_recording, insert_recording
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +32,14 @@ class CallRecording:
         conversation_id: uuid.UUID,
         recording_id: uuid.UUID,
         recorder: CallRecorder,
-        journal_path: str,
+        paths: tuple[str, str],
     ) -> None:
         self.id = recording_id
         self._services = services
         self._conversation_id = conversation_id
         self._recorder = recorder
-        self._journal_path = journal_path
+        # The audio file and the journal, relative to the recordings folder.
+        self._audio_path, self._journal_path = paths
         self._unsubscribe = services.bus.subscribe(conversation_id, self)
         self._finished = False
         # Start offsets of the speech playing now, by id(): an entry is written at its end.
@@ -58,38 +59,34 @@ class CallRecording:
             return None
         files = services.recording_files
         recording_id = uuid.uuid4()
-        audio_path, journal_path = await asyncio.to_thread(
-            files.new_paths, conversation_id, recording_id
-        )
+        paths = await asyncio.to_thread(files.new_paths, conversation_id, recording_id)
         # The clock starts with the recorder; the row's start is the same moment.
         started_at = datetime.datetime.now(datetime.UTC)
-        recorder = CallRecorder(
-            f"call-{call_id}", files.resolve(audio_path), files.resolve(journal_path)
-        )
+        recorder = CallRecorder(f"call-{call_id}", *(files.resolve(path) for path in paths))
+        recording = cls(services, conversation_id, recording_id, recorder, paths)
         try:
             await insert_recording(
                 services.pool,
                 conversation_id,
                 call_id,
                 recording_id=recording_id,
-                audio_path=audio_path,
-                journal_path=journal_path,
+                audio_path=paths[0],
+                journal_path=paths[1],
                 started_at=started_at,
             )
+            await services.bus.publish(
+                conversation_id,
+                "recording:started",
+                {
+                    "recordingId": str(recording_id),
+                    "callId": call_id,
+                    "startedAt": started_at.isoformat(),
+                },
+            )
         except BaseException:
-            await asyncio.to_thread(recorder.close)
-            await asyncio.to_thread(files.delete, [audio_path, journal_path])
+            # For example the conversation was deleted meanwhile: nothing may stay behind.
+            await recording.discard()
             raise
-        recording = cls(services, conversation_id, recording_id, recorder, journal_path)
-        await services.bus.publish(
-            conversation_id,
-            "recording:started",
-            {
-                "recordingId": str(recording_id),
-                "callId": call_id,
-                "startedAt": started_at.isoformat(),
-            },
-        )
         logger.info("call %s: recording %s started", call_id, recording_id)
         return recording
 
@@ -163,44 +160,85 @@ class CallRecording:
 
     async def finish(self, end_at: float) -> None:
         """Close the files at the monotonic time end_at and store the recording's end.
-        Safe to call more than once."""
+        A call that never carried audio (it never connected) leaves no recording. Safe to
+        call more than once."""
         if self._finished:
             return
         self._finished = True
         self._unsubscribe()
+        files = self._services.recording_files
+        try:
+            outcome = await asyncio.to_thread(self._recorder.close, end_at)
+        except RuntimeError:
+            # The worker failed (a full disk, a folder made read-only). The file plays up
+            # to its last page, like one a dead server left.
+            logger.exception("recording %s: the recorder failed; keeping what it wrote", self.id)
+            duration_ms, size = await asyncio.to_thread(files.measure, self._audio_path)
+            await self._store_end("interrupted", duration_ms, size)
+            return
+        if outcome.audio_items == 0:
+            logger.info("recording %s: the call carried no audio, so it is discarded", self.id)
+            await self.discard()
+            return
+        await self._store_end("completed", outcome.duration_ms, outcome.size_bytes)
+        if outcome.dropped_items:
+            logger.warning(
+                "recording %s: %d items were dropped because the recorder fell behind",
+                self.id,
+                outcome.dropped_items,
+            )
+
+    async def _store_end(self, status: str, duration_ms: int, size: int) -> None:
         services = self._services
         files = services.recording_files
-        outcome = await asyncio.to_thread(self._recorder.close, end_at)
         timeline = await asyncio.to_thread(files.read_journal, self._journal_path)
-        clamp_timeline(timeline, outcome.duration_ms)
+        clamp_timeline(timeline, duration_ms)
         row = await finish_recording(
             services.pool,
             self.id,
-            status="completed",
-            duration_ms=outcome.duration_ms,
-            size_bytes=outcome.size_bytes,
+            status=status,
+            duration_ms=duration_ms,
+            size_bytes=size,
             timeline=timeline,
         )
         if row is None:
             logger.info("recording %s: its conversation was deleted meanwhile", self.id)
             return
-        await asyncio.to_thread(files.remove_journal, self._journal_path)
-        await services.bus.publish(
+        await self._publish_stopped(status, duration_ms)
+        logger.info(
+            "recording %s: %s, %d ms, %d bytes, %d timeline entries",
+            self.id,
+            status,
+            duration_ms,
+            size,
+            len(timeline),
+        )
+        try:
+            await asyncio.to_thread(files.remove_journal, self._journal_path)
+        except OSError:
+            logger.exception("recording %s: removing its journal failed", self.id)
+
+    async def discard(self) -> None:
+        """Close the recorder and delete the recording's row and files."""
+        self._finished = True
+        self._unsubscribe()
+        files = self._services.recording_files
+        try:
+            await asyncio.to_thread(self._recorder.close)
+        except RuntimeError:
+            logger.exception("recording %s: the recorder failed", self.id)
+        await discard_recording(self._services.pool, self.id)
+        await asyncio.to_thread(files.delete, [self._audio_path, self._journal_path])
+        if await self._services.pool.fetchval(
+            "SELECT 1 FROM conversations WHERE id = $1", self._conversation_id
+        ):
+            await self._publish_stopped("discarded", 0)
+
+    async def _publish_stopped(self, status: str, duration_ms: int) -> None:
+        await self._services.bus.publish(
             self._conversation_id,
             "recording:stopped",
-            {
-                "recordingId": str(self.id),
-                "status": "completed",
-                "durationMs": outcome.duration_ms,
-            },
-        )
-        logger.info(
-            "recording %s: %d ms, %d bytes, %d timeline entries, %d items dropped",
-            self.id,
-            outcome.duration_ms,
-            outcome.size_bytes,
-            len(timeline),
-            outcome.dropped_items,
+            {"recordingId": str(self.id), "status": status, "durationMs": duration_ms},
         )
 
 

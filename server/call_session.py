@@ -11,7 +11,6 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
@@ -171,12 +170,19 @@ class CallSession:
         """Record the call unless the server or the conversation disables recording. Each
         part of the call reports to the recording what it sends, hears and decides. A recording that
         cannot start leaves the call unrecorded rather than failing it."""
+        if self._closing:
+            # The call ended (its conversation was deleted) while the offer was applied.
+            return
         try:
             recording = await CallRecording.start(self._services, self.conversation_id, self.id)
-        except (OSError, asyncpg.PostgresError):
+        except Exception:
             logger.exception("call %s: recording could not start; the call goes on", self.id)
             return
         if recording is None:
+            return
+        if self._closing:
+            # close() ran while the recording started, and found nothing to finish.
+            await recording.finish(time.monotonic())
             return
         self._recording = recording
         self.reply_track.observer = recording

@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 # Bytes read from a recording file at a time when serving or archiving it.
 READ_BLOCK_BYTES = 64 * 1024
+# A running recording's file grows at least every 0.5 s (an Ogg page of at most 200 ms,
+# written up to 300 ms late), so one written this recently is still being recorded.
+LIVE_WRITE_S = 2.0
 
 
 async def list_for(services: Services, user_id: uuid.UUID, conversation_id: uuid.UUID) -> Any:
@@ -115,27 +118,43 @@ def _write_archive(audio: Path, metadata: str) -> IO[bytes]:
 
 async def recover_recordings(services: Services) -> None:
     """Finish the recordings the last run left running: measure the audio written before it
-    stopped and take the timeline from the journal."""
-    files = services.recording_files
+    stopped and take the timeline from the journal. A failure is logged and leaves the row
+    for the next start: it never stops this one."""
     for row in await store.unfinished_recordings(services.pool):
         try:
-            duration_ms, size = await asyncio.to_thread(files.measure, row["audio_path"])
-            timeline = await asyncio.to_thread(files.read_journal, row["journal_path"])
-            # The journal may run ahead of the audio: the last Ogg page was lost.
-            clamp_timeline(timeline, duration_ms)
-            await store.finish_recording(
-                services.pool,
-                row["id"],
-                status="interrupted",
-                duration_ms=duration_ms,
-                size_bytes=size,
-                timeline=timeline,
-            )
-            await asyncio.to_thread(files.remove_journal, row["journal_path"])
-            logger.info(
-                "recording %s: left running by the last run, kept as interrupted (%d ms)",
-                row["id"],
-                duration_ms,
-            )
-        except (OSError, ValueError, asyncpg.PostgresError):
+            await _recover(services, row)
+        except Exception:
             logger.exception("recording %s: repairing it at start-up failed", row["id"])
+
+
+async def _recover(services: Services, row: asyncpg.Record) -> None:
+    files = services.recording_files
+    if await asyncio.to_thread(files.written_within, row["audio_path"], LIVE_WRITE_S):
+        # NOTE: one server per database is assumed. A file still growing belongs to a call
+        # on another server sharing this database, so it is left alone here.
+        logger.warning("recording %s: its file is still being written; left alone", row["id"])
+        return
+    duration_ms, size = await asyncio.to_thread(files.measure, row["audio_path"])
+    if duration_ms == 0:
+        # The server died before the first page of audio: nothing can be played.
+        await store.discard_recording(services.pool, row["id"])
+        await asyncio.to_thread(files.delete, [row["audio_path"], row["journal_path"]])
+        logger.info("recording %s: left by the last run with no audio, deleted", row["id"])
+        return
+    timeline = await asyncio.to_thread(files.read_journal, row["journal_path"])
+    # The journal may run ahead of the audio: the last Ogg page was lost.
+    clamp_timeline(timeline, duration_ms)
+    await store.finish_recording(
+        services.pool,
+        row["id"],
+        status="interrupted",
+        duration_ms=duration_ms,
+        size_bytes=size,
+        timeline=timeline,
+    )
+    await asyncio.to_thread(files.remove_journal, row["journal_path"])
+    logger.info(
+        "recording %s: left running by the last run, kept as interrupted (%d ms)",
+        row["id"],
+        duration_ms,
+    )

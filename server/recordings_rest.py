@@ -61,7 +61,9 @@ async def export_recording(request: web.Request) -> web.StreamResponse:
         )
         response.content_length = size
         await response.prepare(request)
-        while block := await asyncio.to_thread(archive.read, recordings.READ_BLOCK_BYTES):
+        while request.method != "HEAD" and (
+            block := await asyncio.to_thread(archive.read, recordings.READ_BLOCK_BYTES)
+        ):
             await response.write(block)
         await response.write_eof()
         return response
@@ -79,7 +81,9 @@ async def _send_file(request: web.Request, path: Path, content_type: str) -> web
     """Send a file, or the single byte range the request asks for, read off the event loop.
     A recording still being written grows: the size is taken once, when the request comes."""
     size = (await asyncio.to_thread(path.stat)).st_size
-    selected = byte_range(request.headers.get("Range"), size)
+    selected = byte_range(
+        request.headers.get("Range"), size, if_range=request.headers.get("If-Range")
+    )
     first, last = selected if selected is not None else (0, size - 1)
     response = web.StreamResponse(
         status=206 if selected is not None else 200,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -37,27 +38,37 @@ class RecordingFiles:
         return path
 
     def read_journal(self, relative: str) -> list[dict[str, Any]]:
-        """Return the timeline entries in a journal, sorted by atMs. A line cut short by a
-        crash is skipped; a missing journal has no entries."""
+        """Return the timeline entries in a journal, sorted by atMs. A missing journal has
+        no entries. A line that is not an entry (cut short by a crash, even inside a
+        character) is skipped and logged."""
         path = self.resolve(relative)
-        entries = []
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            data = path.read_bytes()
         except FileNotFoundError:
             return []
-        for number, line in enumerate(lines, 1):
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
+        entries = []
+        # Only "\n" ends a line: text may hold other line separators such as U+2028.
+        for number, line in enumerate(data.split(b"\n"), 1):
+            if not line.strip():
+                continue
+            entry = _timeline_entry(line)
+            if entry is None:
                 logger.warning("%s: skipping unreadable timeline line %d", path, number)
                 continue
-            if isinstance(entry, dict):
-                entries.append(entry)
-        entries.sort(key=lambda entry: entry.get("atMs", 0))
+            entries.append(entry)
+        entries.sort(key=lambda entry: entry["atMs"])
         return entries
 
     def remove_journal(self, relative: str) -> None:
         self.resolve(relative).unlink(missing_ok=True)
+
+    def written_within(self, relative: str, seconds: float) -> bool:
+        """Return whether the file was modified in the last seconds."""
+        path = self.resolve(relative)
+        try:
+            return time.time() - path.stat().st_mtime < seconds
+        except FileNotFoundError:
+            return False
 
     def measure(self, relative: str) -> tuple[int, int]:
         """Decode a recording to measure it; return (duration in ms, size in bytes).
@@ -81,13 +92,16 @@ class RecordingFiles:
         return round(samples * 1000 / rate), path.stat().st_size
 
     def delete(self, relative_paths: list[str]) -> int:
-        """Remove files; return how many existed."""
+        """Remove files, and their folders once empty; return how many files existed."""
         removed = 0
         for relative in relative_paths:
             path = self.resolve(relative)
             if path.is_file():
                 path.unlink()
                 removed += 1
+            folder = path.parent
+            if folder != self.root.resolve() and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         return removed
 
     def delete_conversation(self, conversation_id: uuid.UUID) -> int:
@@ -98,3 +112,19 @@ class RecordingFiles:
         count = sum(1 for path in folder.iterdir() if path.is_file())
         shutil.rmtree(folder)
         return count
+
+
+def _timeline_entry(line: bytes) -> dict[str, Any] | None:
+    """Parse one journal line; return None unless it is an object with an integer atMs."""
+    try:
+        entry = json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(entry, dict) or type(entry.get("atMs")) is not int:
+        return None
+    return entry
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are valid to Python's json but not to PostgreSQL's JSONB.
+    raise ValueError(f"{name} is not valid JSON")

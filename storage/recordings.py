@@ -109,6 +109,11 @@ async def delete_recording(pool: asyncpg.Pool, recording_id: uuid.UUID) -> async
     return row
 
 
+async def discard_recording(pool: asyncpg.Pool, recording_id: uuid.UUID) -> None:
+    """Delete a recording's row whatever its status: one that recorded nothing."""
+    await pool.execute("DELETE FROM recordings WHERE id = $1", recording_id)
+
+
 async def unfinished_recordings(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     """Return recordings still marked as running: at start-up, those the last run left."""
     rows: list[asyncpg.Record] = await pool.fetch(

@@ -57,6 +57,9 @@ async def user_for_token(pool: asyncpg.Pool, token: str) -> asyncpg.Record | Non
 
 async def _insert_token(connection: asyncpg.Connection, user_id: uuid.UUID) -> str:
     token = secrets.token_urlsafe(TOKEN_BYTES)
+    # A token that starts with "-" would read as an option in `parley call --token TOKEN`.
+    while token.startswith("-"):
+        token = secrets.token_urlsafe(TOKEN_BYTES)
     await connection.execute(
         "INSERT INTO user_tokens (user_id, token_sha256) VALUES ($1, $2)",
         user_id,

@@ -25,6 +25,7 @@ from tests.conftest import REPO_DIR, RunningServer, speech_file, start_server, s
 from tests.event_client import EventClient
 from tests.ollama_standin import MODEL as OLLAMA_MODEL
 from tests.ollama_standin import OllamaStandIn, ScriptedReply
+from tests.test_signalling import audio_offer, post_offer
 
 # One sentence with no long pause inside, so one turn.
 SENTENCE = "librispeech_251-137823-0003_en.wav"
@@ -240,11 +241,21 @@ async def test_bad_ranges(
         assert status == 416, header
         assert headers["Content-Range"] == f"bytes */{size}", header
         assert json.loads(body)["code"] == "range_not_satisfiable", header
+    status, headers, _body = await fetch_audio(
+        server, recording["id"], {"Range": "bytes=" + "9" * 19 + "-"}
+    )
+    assert status == 416
     # Headers that are not one valid range are ignored: the whole file, as HTTP allows.
     for header in ("bytes=0-9,20-29", "items=0-9", "bytes=9-0", "bytes=abc"):
         status, _headers, body = await fetch_audio(server, recording["id"], {"Range": header})
         assert status == 200, header
         assert len(body) == size, header
+    # No validator is ever sent, so an If-Range cannot match: the whole file.
+    status, _headers, body = await fetch_audio(
+        server, recording["id"], {"Range": "bytes=0-9", "If-Range": '"some-etag"'}
+    )
+    assert status == 200
+    assert len(body) == size
 
 
 async def test_export_holds_audio_and_timeline(
@@ -262,6 +273,39 @@ async def test_export_holds_audio_and_timeline(
     assert sorted(archive.namelist()) == ["recording.ogg", "timeline.json"]
     assert archive.read("recording.ogg") == path.read_bytes()
     assert json.loads(archive.read("timeline.json")) == recording
+
+
+async def test_head_requests_send_no_body(
+    recorded_call: tuple[CallResult, dict[str, Any]], recording_server: Any
+) -> None:
+    _call, recording = recorded_call
+    server, _standin = recording_server
+    async with aiohttp.ClientSession() as http:
+        for route in ("audio", "export"):
+            url = f"{server.url}/api/recordings/{recording['id']}/{route}?token={server.token}"
+            async with http.head(url) as response:
+                assert response.status == 200, route
+                assert int(response.headers["Content-Length"]) > 0, route
+                assert await response.read() == b"", route
+    assert "Traceback" not in server.log_tail(200)
+
+
+async def test_unconnected_call_leaves_no_recording(recording_server: Any) -> None:
+    server, _standin = recording_server
+    conversation_id = await create_conversation(server)
+    status, _answer = await post_offer(
+        server, {"sdp": await audio_offer(), "type": "offer", "conversationId": conversation_id}
+    )
+    assert status == 200
+    # The caller never connects: the idle timeout (3 s here) ends the call.
+    health = await server.wait_for_idle(timeout_s=30)
+    assert health["calls"] == 0
+    listed = await get_json(server, f"/api/conversations/{conversation_id}/recordings")
+    assert listed["recordings"] == []
+    assert not (server.data_dir / "recordings" / conversation_id).exists()
+    events = await get_json(server, f"/api/conversations/{conversation_id}/events")
+    stopped = [e["data"] for e in events["events"] if e["type"] == "recording:stopped"]
+    assert [data["status"] for data in stopped] == ["discarded"]
 
 
 async def test_other_user_gets_not_found(
@@ -312,8 +356,8 @@ async def spawn_caller(server: RunningServer, conversation_id: str) -> asyncio.s
         str(speech_file(SENTENCE)),
         "--server",
         server.url,
-        "--token",
-        server.token,
+        # One form: a token may start with "-", which argparse would take for an option.
+        f"--token={server.token}",
         "--conversation",
         conversation_id,
         cwd=REPO_DIR,
@@ -408,7 +452,7 @@ async def test_delete_removes_files(
         async with http.delete(url, headers=server.auth()) as response:
             assert response.status == 404
     assert not audio.exists()
-    assert list(folder.iterdir()) == []
+    assert not folder.exists(), "the conversation's empty folder is left behind"
     db = await server.db()
     assert (
         await db.fetchval(

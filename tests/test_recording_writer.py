@@ -16,6 +16,7 @@ from media.frames import SAMPLES_PER_FRAME
 from media.recording import CallRecorder
 from server.errors import RangeNotSatisfiableError
 from server.http_range import byte_range
+from storage.recording_files import RecordingFiles
 
 RATE = 48000
 FRAME_S = SAMPLES_PER_FRAME / RATE
@@ -191,7 +192,8 @@ def test_empty_recording_has_headers(tmp_path: Path) -> None:
         ("bytes=-", None),
         ("lines=0-1", None),
         ("bytes=0x10-20", None),
-        ("bytes=" + "9" * 30 + "-", None),
+        ("bytes=" + "9" * 31 + "-", None),
+        ("bytes=\u0661-\u0662", None),
     ],
 )
 def test_byte_range(header: str | None, expected: tuple[int, int] | None) -> None:
@@ -213,3 +215,29 @@ def test_unsatisfiable_range(header: str, size: int) -> None:
         byte_range(header, size)
     assert caught.value.headers() == {"Content-Range": f"bytes */{size}"}
     assert caught.value.http_status == 416
+
+
+def test_journal_skips_broken_lines(tmp_path: Path) -> None:
+    files = RecordingFiles(tmp_path)
+    good = [
+        {"type": "message", "atMs": 30, "text": "para\u2029graph and line\u2028break"},
+        {"type": "chunk", "atMs": 10, "endMs": 20, "icon": "😊"},
+    ]
+    lines = [json.dumps(entry, ensure_ascii=False).encode() for entry in good]
+    broken = [
+        b'{"type": "x", "atMs": "12"}',
+        b'{"type": "x", "atMs": NaN}',
+        b"[1, 2]",
+        b"not json",
+        # A crash inside a four-byte character.
+        '{"type": "chunk", "atMs": 40, "icon": "😊"}'.encode()[:-4],
+    ]
+    (tmp_path / "call.timeline.jsonl").write_bytes(b"\n".join(lines + broken))
+    assert files.read_journal("call.timeline.jsonl") == sorted(good, key=lambda e: e["atMs"])
+    assert files.read_journal("missing.timeline.jsonl") == []
+
+
+def test_paths_stay_under_root(tmp_path: Path) -> None:
+    files = RecordingFiles(tmp_path / "recordings")
+    with pytest.raises(ValueError, match="leaves"):
+        files.resolve("../outside.ogg")
