@@ -585,3 +585,31 @@ async def test_stopped_server_finishes_recording(tmp_path: Path, postgres_admin_
     chunks = entries(row["timeline"], "chunk")
     assert chunks, "the chunk playing when the server stopped is missing"
     assert chunks[-1]["status"] == "cut"
+
+
+async def test_delete_racing_offer_leaves_nothing(recording_server: Any) -> None:
+    server, _standin = recording_server
+    conversations = []
+    for round_number in range(10):
+        conversation_id = await create_conversation(server)
+        conversations.append(conversation_id)
+        offer = {"sdp": await audio_offer(), "type": "offer", "conversationId": conversation_id}
+
+        async def delete(delay_s: float, conversation_id: str = conversation_id) -> int:
+            await asyncio.sleep(delay_s)
+            async with (
+                aiohttp.ClientSession() as http,
+                http.delete(
+                    f"{server.url}/api/conversations/{conversation_id}", headers=server.auth()
+                ) as response,
+            ):
+                return response.status
+
+        # The delete lands at different moments of the offer's handling.
+        await asyncio.gather(post_offer(server, offer), delete(0.002 * round_number))
+    health = await server.wait_for_idle(timeout_s=30)
+    assert health["calls"] == 0
+    assert health["callThreads"] == 0, "a recorder thread outlived its call"
+    assert health["callTasks"] == 0
+    for conversation_id in conversations:
+        assert not (server.data_dir / "recordings" / conversation_id).exists(), conversation_id
