@@ -633,8 +633,8 @@ async def _wait_for_replies(
     first_event_wait_s: float,
     cue_wait_s: float,
 ) -> None:
-    """Return once the file and the cues are sent, every user turn got a reply or an error,
-    and neither audio nor events have arrived for quiet_s. While no event has come at all,
+    """Return once the file and the cues are sent, the newest user turn got a reply or an
+    error, and neither audio nor events have arrived for quiet_s. While no event has come at all,
     the quiet period is first_event_wait_s instead, since a slow transcription sends
     nothing yet, and while a cue waits for its condition it is cue_wait_s."""
     events = call.log.events
@@ -646,9 +646,6 @@ async def _wait_for_replies(
         call.speaker.check()
         if not call.track.finished.is_set() or call.speaker.playing:
             continue
-        turns = _count(events, "message:received", "user")
-        answers = _count(events, "message:received", "assistant")
-        errors = sum(1 for e in events if e.get("type") == "conversation:error")
         quiet_since = max(
             call.log.last_at,
             call.recorder.last_audible_at or 0.0,
@@ -658,7 +655,7 @@ async def _wait_for_replies(
         needed_quiet_s = quiet_s if events else max(quiet_s, first_event_wait_s)
         if call.speaker.waiting is not None:
             needed_quiet_s = max(needed_quiet_s, cue_wait_s)
-        if answers + errors >= turns and time.monotonic() - quiet_since >= needed_quiet_s:
+        if _newest_turn_answered(events) and time.monotonic() - quiet_since >= needed_quiet_s:
             return
     raise TimeoutError(f"the reply did not finish within {timeout_s:.0f} s")
 
@@ -680,10 +677,27 @@ async def _wait_until(
         await asyncio.gather(waiter, return_exceptions=True)
 
 
-def _count(events: list[dict[str, Any]], event_type: str, role: str) -> int:
-    return sum(
-        1 for e in events if e.get("type") == event_type and e.get("data", {}).get("role") == role
-    )
+def _newest_turn_answered(events: list[dict[str, Any]]) -> bool:
+    """Return whether the newest user turn has a finished reply or an error after it.
+
+    Only the newest counts: the caller's next turn can cut an earlier reply before its
+    first chunk, and such a reply sends no message at all. A reply stored as interrupted
+    after the newest turn answers an earlier one, which the newest cut.
+    """
+    waiting = False
+    for event in events:
+        data = event.get("data", {})
+        received = event.get("type") == "message:received"
+        finished_reply = (
+            received
+            and data.get("role") == "assistant"
+            and (data.get("metadata") or {}).get("status") != "interrupted"
+        )
+        if received and data.get("role") == "user":
+            waiting = True
+        elif finished_reply or event.get("type") == "conversation:error":
+            waiting = False
+    return not waiting
 
 
 # -- Measures of a finished call

@@ -402,10 +402,9 @@ class ReplyPipeline:
             synthesis.cancel()
             marking.cancel()
 
-        file_id, duration_s = await services.audio_files.save(speech.samples, speech.sample_rate_hz)
-        await set_tts_status(
-            pool, state.chunk_id, "completed", audio_file_id=file_id, audio_duration_s=duration_s
-        )
+        # Shielded: a reply cancelled while the file is written would leave it on disk with
+        # no row naming it, which deleting the conversation could not find.
+        file_id, duration_s = await asyncio.shield(self._store_audio(state.chunk_id, speech))
         state.status = "completed"
         state.audio_file_id = file_id
         state.audio_duration_s = round(duration_s, 3)
@@ -416,6 +415,19 @@ class ReplyPipeline:
             "chunk:audio-ready",
             chunk_audio_json(state.chunk_id, self._message.id, file_id, duration_s),
         )
+
+    async def _store_audio(self, chunk_id: uuid.UUID, speech: Speech) -> tuple[str, float]:
+        """Write a chunk's audio file and name it in the chunk's row."""
+        services = self._services
+        file_id, duration_s = await services.audio_files.save(speech.samples, speech.sample_rate_hz)
+        await set_tts_status(
+            services.pool,
+            chunk_id,
+            "completed",
+            audio_file_id=file_id,
+            audio_duration_s=duration_s,
+        )
+        return file_id, duration_s
 
     def _chunk_details(self, state: ChunkState) -> dict[str, Any]:
         """Describe a chunk for a recording's timeline."""
