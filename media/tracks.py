@@ -29,7 +29,7 @@ class QueuedSpeech:
     pause_after_s: float
     on_start: Callable[[float], None] | None = None
     on_end: Callable[[float], None] | None = None
-    # Describes the chunk for a track observer (a recording's timeline), when it asks.
+    # Describes the chunk for a track observer (a recording's timeline), on request.
     details: Callable[[], dict[str, Any]] | None = None
     # Speech samples handed to the connection so far.
     played: int = 0

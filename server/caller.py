@@ -682,7 +682,7 @@ def _newest_turn_answered(events: list[dict[str, Any]]) -> bool:
 
     Only the newest counts: the caller's next turn can cut an earlier reply before its
     first chunk, and such a reply sends no message at all. A reply stored as interrupted
-    after the newest turn answers an earlier one, which the newest cut.
+    after the newest turn is the reply to an earlier turn, cut by the newest.
     """
     waiting = False
     for event in events:
