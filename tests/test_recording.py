@@ -554,9 +554,13 @@ async def test_stopped_server_finishes_recording(tmp_path: Path, postgres_admin_
     )
     try:
         stopped_at: list[float] = []
+        audio_ready_at: list[float] = []
 
         def stop_mid_reply(events: list[dict[str, Any]]) -> bool:
-            if not stopped_at and any(e["type"] == "chunk:audio-ready" for e in events):
+            if not audio_ready_at and any(e["type"] == "chunk:audio-ready" for e in events):
+                audio_ready_at.append(time.monotonic())
+            # The first chunk's audio is stored just as it starts playing: give it 0.5 s.
+            if not stopped_at and audio_ready_at and time.monotonic() - audio_ready_at[0] > 0.5:
                 server.process.send_signal(signal.SIGINT)
                 stopped_at.append(time.monotonic())
             return bool(stopped_at)
