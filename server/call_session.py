@@ -203,6 +203,11 @@ class CallSession:
             logger.exception("call %s: finishing recording %s failed", self.id, recording.id)
 
     def _start_task(self, coroutine: Coroutine[Any, Any, Any], name: str) -> None:
+        if self._closing:
+            # A track or a state change can arrive after close() began (the conversation
+            # was deleted during the offer): a task started now would never be cancelled.
+            coroutine.close()
+            return
         task = asyncio.create_task(coroutine, name=f"call-{self.id}-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)

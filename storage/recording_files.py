@@ -4,9 +4,9 @@ conversation removes every file of its recordings, whatever the rows say."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -109,8 +109,18 @@ class RecordingFiles:
         folder = self.root / str(conversation_id)
         if not folder.is_dir():
             return 0
-        count = sum(1 for path in folder.iterdir() if path.is_file())
-        shutil.rmtree(folder)
+        count = 0
+        # A recording discarded at this moment may remove its own files first.
+        for path in list(folder.iterdir()):
+            try:
+                path.unlink()
+                count += 1
+            except FileNotFoundError:
+                pass
+        # A recording starting at this moment may add a file: its own clean-up, which
+        # deletes the files of a recording whose conversation is gone, removes the folder.
+        with contextlib.suppress(OSError):
+            folder.rmdir()
         return count
 
 

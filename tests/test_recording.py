@@ -594,7 +594,7 @@ async def test_stopped_server_finishes_recording(tmp_path: Path, postgres_admin_
 async def test_delete_racing_offer_leaves_nothing(recording_server: Any) -> None:
     server, _standin = recording_server
     conversations = []
-    for round_number in range(10):
+    for round_number in range(20):
         conversation_id = await create_conversation(server)
         conversations.append(conversation_id)
         offer = {"sdp": await audio_offer(), "type": "offer", "conversationId": conversation_id}
@@ -610,7 +610,10 @@ async def test_delete_racing_offer_leaves_nothing(recording_server: Any) -> None
                 return response.status
 
         # The delete lands at different moments of the offer's handling.
-        await asyncio.gather(post_offer(server, offer), delete(0.002 * round_number))
+        _offered, deleted = await asyncio.gather(
+            post_offer(server, offer), delete(0.001 * round_number)
+        )
+        assert deleted == 204, f"round {round_number}: the delete failed"
     health = await server.wait_for_idle(timeout_s=30)
     assert health["calls"] == 0
     assert health["callThreads"] == 0, "a recorder thread outlived its call"
