@@ -8,6 +8,7 @@ import uuid
 
 from aiohttp import web
 
+from server.app_keys import SERVICES_KEY
 from server.errors import UnauthorizedError
 from server.services import Services
 from storage.users import user_for_token
@@ -47,3 +48,11 @@ def _bearer_token(request: web.Request) -> str | None:
     if scheme.lower() != "bearer":
         raise UnauthorizedError("the Authorization header must use the Bearer scheme")
     return token.strip()
+
+
+async def request_user(
+    request: web.Request, *, allow_query: bool = False
+) -> tuple[Services, uuid.UUID]:
+    """Return the app's services and the id of the user the request's token names."""
+    services = request.app[SERVICES_KEY]
+    return services, await authenticate(services, request, allow_query=allow_query)

@@ -57,6 +57,7 @@ class CallRecording:
         )
         if not enabled:
             return None
+
         files = services.recording_files
         recording_id = uuid.uuid4()
         paths = await asyncio.to_thread(files.new_paths, conversation_id, recording_id)
@@ -64,6 +65,7 @@ class CallRecording:
         started_at = datetime.datetime.now(datetime.UTC)
         recorder = CallRecorder(f"call-{call_id}", *(files.resolve(path) for path in paths))
         recording = cls(services, conversation_id, recording_id, recorder, paths)
+
         try:
             await insert_recording(
                 services.pool,

@@ -13,10 +13,10 @@ _SINGLE_RANGE = re.compile(r"bytes=([0-9]{0,30})-([0-9]{0,30})")
 def byte_range(
     header: str | None, size: int, *, if_range: str | None = None
 ) -> tuple[int, int] | None:
-    """Return the (first, last) bytes, inclusive, that a Range header asks for in a file of
+    """Return the (first, last) bytes, inclusive, that a Range header requests in a file of
     size bytes, or None to send the whole file.
 
-    A header that is missing, malformed or asks for several ranges gets the whole file, as
+    A header that is missing, malformed or requests several ranges gets the whole file, as
     the RFC allows a server to ignore Range. A valid range that starts past the end raises
     RangeNotSatisfiableError (416). With an If-Range header the whole file is sent too:
     these responses carry no validator (ETag, Last-Modified) that it could match.

@@ -181,7 +181,8 @@ def key_fact_json(fact: KeyFact) -> dict[str, Any]:
 def recording_json(
     row: asyncpg.Record, timeline: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
-    """A recording as clients see it; with a timeline when one is given or the row has one."""
+    """Return a recording as clients see it, with the timeline given or else the row's own
+    timeline, when the row has one."""
     recording_id = str(row["id"])
     body: dict[str, Any] = {
         "id": recording_id,

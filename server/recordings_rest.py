@@ -12,16 +12,9 @@ from typing import IO
 from aiohttp import web
 
 from server import recordings
-from server.app_keys import SERVICES_KEY
-from server.auth import authenticate
+from server.auth import request_user
 from server.http_range import byte_range
 from server.json_body import parse_uuid
-from server.services import Services
-
-
-async def _user(request: web.Request, *, allow_query: bool = False) -> tuple[Services, uuid.UUID]:
-    services = request.app[SERVICES_KEY]
-    return services, await authenticate(services, request, allow_query=allow_query)
 
 
 def _recording_id(request: web.Request) -> uuid.UUID:
@@ -29,26 +22,26 @@ def _recording_id(request: web.Request) -> uuid.UUID:
 
 
 async def list_recordings(request: web.Request) -> web.Response:
-    services, user_id = await _user(request)
+    services, user_id = await request_user(request)
     conversation_id = parse_uuid(request.match_info["conversation_id"], "conversation id")
     return web.json_response(await recordings.list_for(services, user_id, conversation_id))
 
 
 async def get_recording(request: web.Request) -> web.Response:
-    services, user_id = await _user(request)
+    services, user_id = await request_user(request)
     return web.json_response(
         await recordings.with_timeline(services, user_id, _recording_id(request))
     )
 
 
 async def recording_audio(request: web.Request) -> web.StreamResponse:
-    services, user_id = await _user(request, allow_query=True)
+    services, user_id = await request_user(request, allow_query=True)
     path = await recordings.audio_path(services, user_id, _recording_id(request))
     return await _send_file(request, path, "audio/ogg")
 
 
 async def export_recording(request: web.Request) -> web.StreamResponse:
-    services, user_id = await _user(request, allow_query=True)
+    services, user_id = await request_user(request, allow_query=True)
     recording_id = _recording_id(request)
     archive = await recordings.export_archive(services, user_id, recording_id)
     try:
@@ -61,10 +54,8 @@ async def export_recording(request: web.Request) -> web.StreamResponse:
         )
         response.content_length = size
         await response.prepare(request)
-        while request.method != "HEAD" and (
-            block := await asyncio.to_thread(archive.read, recordings.READ_BLOCK_BYTES)
-        ):
-            await response.write(block)
+        if request.method != "HEAD":
+            await _copy(archive, response, size)
         await response.write_eof()
         return response
     finally:
@@ -72,14 +63,15 @@ async def export_recording(request: web.Request) -> web.StreamResponse:
 
 
 async def delete_recording(request: web.Request) -> web.Response:
-    services, user_id = await _user(request)
+    services, user_id = await request_user(request)
     await recordings.delete(services, user_id, _recording_id(request))
     return web.Response(status=204)
 
 
 async def _send_file(request: web.Request, path: Path, content_type: str) -> web.StreamResponse:
-    """Send a file, or the single byte range the request asks for, read off the event loop.
-    A recording still being written grows: the size is taken once, when the request comes."""
+    """Send a file, or the single byte range the request names, read off the event loop.
+    A recording still being written grows, so its size is taken once, when the request
+    arrives."""
     size = (await asyncio.to_thread(path.stat)).st_size
     selected = byte_range(
         request.headers.get("Range"), size, if_range=request.headers.get("If-Range")
@@ -93,23 +85,27 @@ async def _send_file(request: web.Request, path: Path, content_type: str) -> web
         response.headers["Content-Range"] = f"bytes {first}-{last}/{size}"
     response.content_length = max(0, last - first + 1)
     await response.prepare(request)
+
     if request.method != "HEAD":
         file = await asyncio.to_thread(path.open, "rb")
         try:
             await asyncio.to_thread(file.seek, first)
-            remaining = last - first + 1
-            while remaining > 0:
-                block = await asyncio.to_thread(
-                    file.read, min(recordings.READ_BLOCK_BYTES, remaining)
-                )
-                if not block:
-                    break
-                await response.write(block)
-                remaining -= len(block)
+            await _copy(file, response, last - first + 1)
         finally:
             await asyncio.to_thread(file.close)
     await response.write_eof()
     return response
+
+
+async def _copy(file: IO[bytes], response: web.StreamResponse, count: int) -> None:
+    """Write count bytes of file (fewer if it ends first) to response, reading off the
+    event loop."""
+    while count > 0:
+        block = await asyncio.to_thread(file.read, min(recordings.READ_BLOCK_BYTES, count))
+        if not block:
+            return
+        await response.write(block)
+        count -= len(block)
 
 
 def _size_of(archive: IO[bytes]) -> int:

@@ -9,8 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server.app_keys import SERVICES_KEY
-from server.auth import authenticate
+from server.auth import request_user
 from server.errors import ClientError
 from server.json_body import parse_uuid, read_body
 from server.json_views import conversation_json
@@ -34,8 +33,7 @@ MAX_EVENTS_PAGE = 1000
 
 
 async def _user(request: web.Request) -> tuple[Services, uuid.UUID]:
-    services = request.app[SERVICES_KEY]
-    return services, await authenticate(services, request)
+    return await request_user(request)
 
 
 def _path_id(request: web.Request) -> uuid.UUID:

@@ -1,6 +1,6 @@
 """Recording files on disk: `<root>/<conversation id>/<recording id>.ogg` and its timeline
 journal `<recording id>.timeline.jsonl`. One folder per conversation, so deleting a
-conversation removes every file of its recordings, whatever the rows say."""
+conversation removes every file of its recordings, whatever the rows contain."""
 
 from __future__ import annotations
 
